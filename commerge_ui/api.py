@@ -1,0 +1,152 @@
+"""One entry point for the CLI and the app: run_merge(config) -> Report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .compat import check_expert, find_prefix, is_unchanged
+from .config import MergeConfig
+from .engine import EngineTask, ModelSource, ProgressEvent, merge
+from .errors import InputError, MergeError
+from .export import model_card
+from .families import Family, detect_family
+from .methods import METHODS
+from .report import MethodReport, Report, mean, normalized
+from .resources import PeakMemory, pick_device, pick_dtype
+from .samples import Sample, read_samples
+from .sources import SafetensorsWeights, resolve_model
+
+
+@dataclass
+class Expert:
+    name: str
+    folder: Path
+    source: ModelSource
+    calibration: list[Sample]
+    evaluation: list[Sample] | None
+    weight: float
+
+
+def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] | None = None,
+              device: str = "auto", dtype: str = "float32", token: str | None = None,
+              progress: Callable[[ProgressEvent], None] | None = None,
+              cancel: Callable[[], bool] | None = None,
+              log: Callable[[str], None] | None = None) -> Report:
+    """Merge the config's experts with each of its methods, score every result and measure the shift.
+
+    With `out_dir`, writes report.json there and a loadable model folder for each method in `save`.
+    `progress` is called after every layer group; `cancel` is polled there and raises Cancelled.
+    The token only reaches the Hub download; it is never stored or logged.
+    """
+    say = log or (lambda message: None)
+    options = config.options
+    save = list(save or [])
+    unknown = [m for m in save if m not in config.methods]
+    if unknown:
+        raise InputError(f"--save names {', '.join(unknown)}, which the config's methods do not include")
+    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
+    torch.manual_seed(options.seed)
+
+    say(f"resolving base {config.base}")
+    base_folder = resolve_model(config.base, token=token)
+    family = detect_family(base_folder, config.family)
+    processor = family.load_processor(base_folder)
+    backbone = family.load_backbone(base_folder, torch_dtype, torch_device)
+    block_path, _ = family.blocks(backbone)
+    expected = {n: tuple(p.shape) for n, p in backbone.named_parameters()}
+    names = list(expected)
+    prefixes = ["", f"{backbone.base_model_prefix}."]
+    base_weights = SafetensorsWeights(base_folder)
+    base = ModelSource(base_weights, find_prefix(base_weights, names, prefixes, f"base {config.base}"))
+
+    experts, warnings = [], []
+    for spec in config.experts:
+        who = f"expert '{spec.name}' ({spec.model})"
+        say(f"resolving {who}")
+        folder = resolve_model(spec.model, spec.revision, token)
+        weights = SafetensorsWeights(folder)
+        prefix = find_prefix(weights, names, prefixes, who)
+        check_expert(who, folder, weights, prefix, expected, base_folder)
+        probe = [n for n in names if n.startswith(f"{block_path}.0.")]
+        if is_unchanged(weights, prefix, base.weights, base.prefix, probe):
+            warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
+        if not spec.calibration:
+            raise InputError(f"{who}: 'calibration' samples are required")
+        calibration = read_samples(spec.calibration, options.calibration_samples, options.seed)
+        evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed, need_labels=True)
+                      if spec.evaluation else None)
+        experts.append(Expert(spec.name, folder, ModelSource(weights, prefix), calibration, evaluation, spec.weight))
+
+    def score(task: Expert, with_backbone: bool) -> float | None:
+        if task.evaluation is None:
+            return None
+        return family.score(backbone if with_backbone else None, task.folder, processor, task.evaluation,
+                            options.batch_size)
+
+    say("scoring the experts and the base")
+    expert_scores = {e.name: score(e, with_backbone=False) for e in experts}
+    base_scores = {e.name: score(e, with_backbone=True) for e in experts}
+
+    calibration, tasks = _encode_calibration(family, processor, experts, options.max_length)
+    calibration = calibration.to(torch_device)
+    layers: list[str] = []
+    reports: dict[str, MethodReport] = {}
+    for name in config.methods:
+        method = METHODS[name]
+        say(f"merging with {method.title}")
+        memory = PeakMemory(torch_device)
+        began = time.perf_counter()
+        try:
+            trace = merge(method, family, backbone, base, tasks, calibration, options, progress, cancel, memory)
+        except torch.cuda.OutOfMemoryError:
+            raise MergeError("out of GPU memory: use fewer calibration samples, a smaller max_length, "
+                             "--dtype bfloat16 or --device cpu") from None
+        seconds = time.perf_counter() - began
+        layers = trace.layers
+        scores = {e.name: score(e, with_backbone=True) for e in experts}
+        norm = {t: normalized(s, expert_scores[t], family.higher_is_better) for t, s in scores.items()}
+        reports[name] = MethodReport(scores, norm, mean(list(scores.values())), mean(list(norm.values())),
+                                     trace.shift, trace.block_shift, round(seconds, 3), memory.result(),
+                                     trace.warnings)
+        if out_dir is not None and name in save:
+            say(f"saving {method.title} to {out_dir / name}")
+            _save_model(family, backbone, processor, config, experts, name, reports[name], out_dir / name)
+
+    report = Report(
+        family=family.name, metric=family.metric, higher_is_better=family.higher_is_better,
+        base={"model": config.base, "scores": base_scores},
+        experts={e.name: {"model": spec.model, "score": expert_scores[e.name]}
+                 for e, spec in zip(experts, config.experts)},
+        layers=layers, methods=reports, options=options.model_dump(by_alias=True),
+        device=str(torch_device), dtype=dtype, warnings=warnings,
+    )
+    if out_dir is not None:
+        report.write(out_dir / "report.json")
+    return report
+
+
+def _encode_calibration(family: Family, processor, experts: list[Expert], max_length: int):
+    """All tasks' calibration samples in one padded batch; each task gets its own row range."""
+    samples, tasks, start = [], [], 0
+    for e in experts:
+        tasks.append(EngineTask(e.name, e.source, slice(start, start + len(e.calibration)), e.weight))
+        samples.extend(e.calibration)
+        start += len(e.calibration)
+    return family.encode(processor, samples, max_length), tasks
+
+
+def _save_model(family: Family, backbone: torch.nn.Module, processor, config: MergeConfig,
+                experts: list[Expert], method: str, result: MethodReport, folder: Path) -> None:
+    backbone.save_pretrained(folder, max_shard_size="2GB", safe_serialization=True)
+    processor.save_pretrained(folder)
+    for e in experts:
+        family.save_task_head(e.folder, e.source.prefix, folder / "heads" / e.name)
+    card = model_card(config.base, {e.name: e.model for e in config.experts},
+                      method, METHODS[method].title, config.options.model_dump(by_alias=True),
+                      result.scores, result.normalized, family.metric)
+    (folder / "README.md").write_text(card, encoding="utf-8")

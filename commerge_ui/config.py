@@ -1,0 +1,123 @@
+"""The merge config (design.md §8): a typed model, validated before any tensor is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputError
+
+MethodName = Literal["com", "regmean", "task_arithmetic", "ties", "average"]
+FamilyName = Literal["auto", "text-classification", "image-classification", "causal-lm"]
+
+
+class ExpertSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="Hub id or local folder")
+    calibration: str | None = None
+    evaluation: str | None = None
+    labels: list[str] | None = None
+    weight: float = Field(1.0, gt=0, description="task importance λ_i in the regression")
+    revision: str | None = None
+
+
+class MergeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    calibration_samples: int = Field(256, ge=1)
+    evaluation_samples: int | None = Field(None, ge=1, description="cap per task; all when unset")
+    alpha: float = Field(0.9, ge=0.0, le=1.0, description="RegMean off-diagonal shrink")
+    task_lambda: float = Field(0.3, alias="lambda", description="task-arithmetic / TIES scale")
+    ties_density: float = Field(0.2, gt=0.0, le=1.0, description="TIES: fraction of each task vector kept")
+    max_length: int = Field(128, ge=2)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1, description="samples per forward when evaluating")
+    com_regularization: Literal["shrink", "ridge"] = "shrink"
+    ridge: float = Field(0.05, ge=0.0, description="ridge toward the averaged weights, × mean diag")
+    target: Literal["expert_outputs", "expert_weights"] = "expert_outputs"
+    normalize: Literal["tokens", "trace", "none"] = "tokens"
+    bias: Literal["regress", "average"] = "regress"
+    gram_dtype: Literal["float32", "float64"] = "float32"
+
+
+class MergeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(min_length=1)
+    family: FamilyName = "auto"
+    experts: list[ExpertSpec] = Field(min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["com", "regmean", "task_arithmetic", "average"])
+    options: MergeOptions = Field(default_factory=MergeOptions)
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_names(cls, experts: list[ExpertSpec]) -> list[ExpertSpec]:
+        names = [e.name for e in experts]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"expert names must be unique; repeated: {', '.join(duplicated)}")
+        return experts
+
+    @field_validator("methods")
+    @classmethod
+    def _some_methods(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError("name at least one method")
+        return list(dict.fromkeys(methods))
+
+
+def parse_config(data: object, root: Path | None = None) -> MergeConfig:
+    """Validate a config mapping; relative paths that exist under `root` are made absolute."""
+    try:
+        config = MergeConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise InputError(f"config field '{where}': {first['msg']}") from None
+    if root is not None:
+        config = _resolve_paths(config, root)
+    return config
+
+
+def load_config(path: str | Path) -> MergeConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with base, experts, methods and options")
+    return parse_config(data, root=path.parent)
+
+
+def _resolve(ref: str | None, root: Path) -> str | None:
+    if ref is None or Path(ref).is_absolute():
+        return ref
+    candidate = root / ref
+    return str(candidate.resolve()) if candidate.exists() else ref
+
+
+def _resolve_paths(config: MergeConfig, root: Path) -> MergeConfig:
+    experts = [
+        e.model_copy(update={
+            "model": _resolve(e.model, root),
+            "calibration": _resolve(e.calibration, root),
+            "evaluation": _resolve(e.evaluation, root),
+        })
+        for e in config.experts
+    ]
+    return config.model_copy(update={"base": _resolve(config.base, root), "experts": experts})
+
+
+def config_to_yaml(config: MergeConfig) -> str:
+    """The YAML that reproduces a run; the CLI accepts it unchanged."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,293 @@
+"""The sequential engine (design.md §4-6): one merge method, block by block, with per-layer shift.
+
+Two kinds of stream advance through the network one block at a time:
+- an expert stream per task: the block's inputs as expert i sees them (expert i's weights all the way);
+- one merged stream holding every task's rows: the inputs as the model merged so far sees them.
+Per block, each expert's block is read from its safetensors files into a scratch copy and run once on its
+stream (capturing every layer group's inputs X_i); then the merged block runs once on the merged stream,
+and a pre-hook on each layer group solves and writes that group's weights *before* the group runs, so later
+groups of the same block already see merged inputs (CoM's X̂). Cost: one expert forward per task and one
+merged forward per block, plus the Gram work; the merged prefix is never re-run.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import MergeOptions
+from .errors import Cancelled
+from .families.base import EncodedSamples, Family
+from .layers import LayerGroup, find_layer_groups, group_weight, has_bias, pre_hooks, set_group_weight
+from .methods import Method
+from .resources import PeakMemory
+from .solve import augment, com_terms, regmean_terms, solve_group, task_scale
+from .sources import SafetensorsWeights
+
+
+@dataclass
+class ModelSource:
+    """A model's tensors on disk and the prefix its backbone tensors carry there (e.g. 'bert.')."""
+
+    weights: SafetensorsWeights
+    prefix: str
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.weights.get(self.prefix + name)
+
+
+@dataclass
+class EngineTask:
+    name: str
+    source: ModelSource
+    rows: slice  # this task's rows in the calibration batch
+    weight: float = 1.0
+
+
+@dataclass
+class ProgressEvent:
+    method: str
+    step: int  # layer groups done
+    total: int
+    label: str  # the group just merged
+
+
+@dataclass
+class MergeTrace:
+    layers: list[str] = field(default_factory=list)
+    shift: dict[str, list[float]] = field(default_factory=dict)  # task -> per layer group
+    block_shift: dict[str, list[float]] = field(default_factory=dict)  # task -> per block output
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stream:
+    """What enters a block: hidden states plus the other arguments the model passes (mask, positions)."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+
+class _StopForward(Exception):
+    pass
+
+
+def capture_block_inputs(family: Family, backbone: nn.Module, first_block: nn.Module,
+                         inputs: dict[str, torch.Tensor]) -> Stream:
+    """Run the backbone up to its first block and keep that block's inputs (GPTQ-style capture)."""
+    seen: dict[str, object] = {}
+
+    def stop(module: nn.Module, args: tuple, kwargs: dict):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        family.run_backbone(backbone, inputs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    args = seen["args"]
+    return Stream(args[0], tuple(args[1:]), dict(seen["kwargs"]))  # type: ignore[index, arg-type]
+
+
+def run_block(block: nn.Module, stream: Stream) -> torch.Tensor:
+    out = block(stream.hidden, *stream.args, **stream.kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    # shift = ‖X̂ − X‖_F / ‖X‖_F
+    return float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact).clamp_min(1e-12))
+
+
+def _load_block(template: nn.Module, source: ModelSource, path: str, dtype: torch.dtype) -> nn.Module:
+    """A scratch copy of a block holding one model's weights, read from its files for this block only."""
+    block = copy.deepcopy(template)
+    with torch.no_grad():
+        for name, param in block.named_parameters():
+            param.copy_(source.get(f"{path}.{name}").to(dtype))
+    return block
+
+
+def _outputs_narrower(modules: list[nn.Module], with_bias: bool) -> bool:
+    width_in = group_weight(modules[:1], with_bias).shape[0]
+    return sum(group_weight([m], with_bias).shape[1] for m in modules) < width_in
+
+
+class _BlockMerger:
+    """Merges one block: expert passes, then the merged pass with a solve at each layer group."""
+
+    def __init__(self, method: Method, options: MergeOptions, tasks: list[EngineTask], masks: list[torch.Tensor],
+                 trace: MergeTrace, on_group: Callable[[str], None]) -> None:
+        self.method, self.options, self.tasks, self.masks = method, options, tasks, masks
+        self.trace, self.on_group = trace, on_group
+        self.stat_dtype = torch.float64 if options.gram_dtype == "float64" else torch.float32
+
+    def with_bias(self, modules: list[nn.Module]) -> bool:
+        return self.options.bias == "regress" and has_bias(modules)
+
+    def expert_pass(self, expert_block: nn.Module, stream: Stream, mask: torch.Tensor,
+                    groups: list[LayerGroup], want_outputs: set[LayerGroup]):
+        """Run one expert's block on its stream; returns its output and each group's inputs (and outputs)."""
+        inputs: dict[LayerGroup, torch.Tensor] = {}
+        outputs: dict[LayerGroup, list[torch.Tensor]] = {g: [] for g in want_outputs}
+
+        def keep_input(group: LayerGroup):
+            def hook(module: nn.Module, args: tuple) -> None:
+                inputs.setdefault(group, args[0][mask].to(self.stat_dtype))
+            return hook
+
+        def keep_output(group: LayerGroup):
+            def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+                outputs[group].append(out[mask].to(self.stat_dtype))
+            return hook
+
+        handles = [expert_block.get_submodule(n).register_forward_hook(keep_output(g))
+                   for g in want_outputs for n in g.names]
+        try:
+            with pre_hooks(expert_block, {g.names[0]: keep_input(g) for g in groups}):
+                out = run_block(expert_block, stream)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, inputs, {g: torch.cat(ys, dim=1) for g, ys in outputs.items()}
+
+    def solve(self, group: LayerGroup, label: str, merged_modules: list[nn.Module],
+              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor], xs: list[torch.Tensor],
+              ys: list[torch.Tensor | None]) -> None:
+        """Solve one layer group from the tasks' statistics and write it into the merged block."""
+        o = self.options
+        bias = self.with_bias(merged_modules)
+        weights = [group_weight(g, bias).to(self.stat_dtype) for g in (group.modules(b) for b in expert_blocks)]
+        ridge, anchor, alpha = 0.0, None, o.alpha
+        if self.method.name == "com" and o.com_regularization == "ridge":
+            ridge, anchor, alpha = o.ridge, torch.stack(weights).mean(dim=0), 1.0
+        terms = []
+        for task, x_hat, x, y, w in zip(self.tasks, x_hats, xs, ys, weights):
+            if self.method.name == "regmean":
+                t = regmean_terms(augment(x, bias), w, alpha)
+            else:
+                t = com_terms(augment(x_hat, bias), augment(x, bias), w, alpha, o.target, y)
+            terms.append(task_scale(t, x.shape[0], o.normalize, task.weight))
+        merged, warning = solve_group(terms, ridge=ridge, anchor=anchor, where=label)
+        if warning:
+            self.trace.warnings.append(warning)
+        set_group_weight(merged_modules, merged, bias)
+
+    def merged_pass(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
+                    expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]],
+                    ys: list[dict[LayerGroup, torch.Tensor]]) -> torch.Tensor:
+        done: set[LayerGroup] = set()
+
+        def at_group(group: LayerGroup, label: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                if group in done:
+                    return
+                x_hat_all = args[0]
+                x_hats = [x_hat_all[t.rows][m].to(self.stat_dtype) for t, m in zip(self.tasks, self.masks)]
+                expert_x = [x[group] for x in xs]
+                for task, x_hat, x in zip(self.tasks, x_hats, expert_x):
+                    self.trace.shift[task.name].append(relative_error(x_hat, x))
+                if self.method.regression:
+                    self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x,
+                               [y.get(group) for y in ys])
+                done.add(group)
+                self.on_group(label)
+            return hook
+
+        with pre_hooks(block, {g.names[0]: at_group(g, lbl) for g, lbl in zip(groups, labels)}):
+            return run_block(block, stream)
+
+
+def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource, tasks: list[EngineTask],
+          calibration: EncodedSamples, options: MergeOptions,
+          progress: Callable[[ProgressEvent], None] | None = None,
+          cancel: Callable[[], bool] | None = None, memory: PeakMemory | None = None) -> MergeTrace:
+    """Merge the experts into `backbone` (loaded with the base's weights) in place, with `method`."""
+    block_path, blocks = family.blocks(backbone)
+    dtype = next(backbone.parameters()).dtype
+    trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
+    masks = [calibration.token_mask[t.rows] for t in tasks]
+    memory = memory or PeakMemory(next(backbone.parameters()).device)
+    counter = {"step": 0, "total": 0}
+
+    def on_group(label: str) -> None:
+        counter["step"] += 1
+        memory.sample()
+        if progress:
+            progress(ProgressEvent(method.name, counter["step"], counter["total"], label))
+        if cancel and cancel():
+            raise Cancelled(f"{method.name}: cancelled after {label}")
+
+    def merge_tensor(name: str, experts: list[torch.Tensor], param: torch.Tensor) -> None:
+        base_tensor = base.get(name).to(param.device, param.dtype) if method.needs_base else None
+        param.copy_(method.merge_tensor(base_tensor, experts, options))
+
+    with torch.no_grad():
+        # Block-0 inputs: each expert's own embeddings for its stream, the merged ones for the merged stream.
+        outside = {n for n, _ in backbone.named_parameters() if not n.startswith(block_path + ".")}
+        params = dict(backbone.named_parameters())
+        expert_streams = []
+        for task in tasks:
+            for name in outside:
+                params[name].copy_(task.source.get(name).to(dtype))
+            rows = {k: v[task.rows] for k, v in calibration.inputs.items()}
+            expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows))
+        for name in outside:
+            merge_tensor(name, [t.source.get(name).to(params[name].device, dtype) for t in tasks], params[name])
+        merged_stream = capture_block_inputs(family, backbone, blocks[0], calibration.inputs)
+        memory.sample()
+
+        for index, block in enumerate(blocks):
+            if cancel and cancel():
+                raise Cancelled(f"{method.name}: cancelled before block {index}")
+            path = f"{block_path}.{index}"
+            probe = Stream(merged_stream.hidden[:1], *_rows_of(merged_stream, slice(0, 1)))
+            groups = find_layer_groups(block, lambda: run_block(block, probe))
+            labels = [g.label(path) for g in groups]
+            counter["total"] = counter["total"] or len(groups) * len(blocks)
+            trace.layers.extend(labels)
+            merger = _BlockMerger(method, options, tasks, masks, trace, on_group)
+            want_outputs = set()
+            if method.name == "com" and options.target == "expert_outputs":
+                want_outputs = {g for g in groups if _outputs_narrower(g.modules(block), merger.with_bias(g.modules(block)))}
+            expert_blocks, xs, ys, expert_outs = [], [], [], []
+            for task, stream, mask in zip(tasks, expert_streams, masks):
+                expert_block = _load_block(block, task.source, path, dtype)
+                out, x, y = merger.expert_pass(expert_block, stream, mask, groups, want_outputs)
+                stream.hidden = out
+                expert_blocks.append(expert_block)
+                xs.append(x)
+                ys.append(y)
+                expert_outs.append(out[mask].to(merger.stat_dtype))
+            # Everything is first merged by the method's rule (LayerNorms stay so; solved groups are overwritten).
+            for name, param in block.named_parameters():
+                merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
+            merged_stream.hidden = merger.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs, ys)
+            for task, mask, expert_out in zip(tasks, masks, expert_outs):
+                merged_out = merged_stream.hidden[task.rows][mask].to(merger.stat_dtype)
+                trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
+            memory.sample()
+            del expert_blocks, xs, ys, expert_outs
+    return trace
+
+
+def _rows_of(stream: Stream, rows: slice) -> tuple[tuple, dict]:
+    """The block's other arguments restricted to `rows` (tensors whose first axis is the batch)."""
+    total = stream.hidden.shape[0]
+
+    def take(value):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
+            return value[rows]
+        if isinstance(value, tuple):
+            return tuple(take(v) for v in value)
+        return value
+
+    return tuple(take(a) for a in stream.args), {k: take(v) for k, v in stream.kwargs.items()}

@@ -1,0 +1,58 @@
+"""Writing results: atomic output folders and merged models with a model card."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+
+@contextmanager
+def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
+    """A temporary sibling folder that becomes `final` only if the block succeeds; removed otherwise."""
+    final = Path(final)
+    if final.exists() and not force:
+        raise InputError(f"{final}: already exists (use --force to replace it)")
+    if final.exists() and not final.is_dir():
+        raise InputError(f"{final}: exists and is not a folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_card(base: str, experts: dict[str, str], method: str, title: str, options: dict,
+               scores: dict[str, float | None], normalized: dict[str, float | None], metric: str) -> str:
+    """README.md for a merged model: what was merged, how, and how it scored."""
+    lines = [
+        "---", "library_name: transformers", "tags:", "- merge", "- commerge_ui", f"- {method}",
+        f"base_model: {base}", "---", "",
+        f"# {title} merge of {len(experts)} experts", "",
+        f"Merged with [commerge_ui](https://github.com/) using **{title}** (`{method}`).", "",
+        f"- Base: `{base}`",
+    ]
+    lines += [f"- Expert `{name}`: `{model}`" for name, model in experts.items()]
+    lines += ["", "## Options", "", "| option | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in options.items()]
+    lines += ["", f"## Scores ({metric})", "", "| task | score | normalized to expert |", "|---|---|---|"]
+    lines += [f"| {t} | {_fmt(s)} | {_fmt(normalized.get(t))} |" for t, s in scores.items()]
+    lines += ["", "Each task's head (when the family has one) is under `heads/<task>/`."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+

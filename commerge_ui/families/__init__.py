@@ -1,0 +1,39 @@
+"""Model families and how the right one is picked for a base model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+from .base import EncodedSamples, Family
+from .text_classification import TextClassification
+
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet",
+                 "camembert", "ernie", "modernbert"}
+
+
+def detect_family(folder: Path, requested: str = "auto") -> Family:
+    """The family named in the config, or the one the model's config.json implies."""
+    name = requested if requested != "auto" else _guess(folder)
+    if name == "text-classification":
+        return TextClassification()
+    if name in ("image-classification", "causal-lm"):
+        raise InputError(f"family '{name}' is not supported yet in this version (text-classification is)")
+    raise InputError(f"{folder}: cannot tell the model family; set 'family' in the config")
+
+
+def _guess(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    model_type = config.get("model_type", "")
+    architectures = " ".join(config.get("architectures") or [])
+    if model_type in ("clip", "clip_vision_model"):
+        return "image-classification"
+    if "CausalLM" in architectures or "LMHead" in architectures:
+        return "causal-lm"
+    if model_type in ENCODER_TYPES:
+        return "text-classification"
+    return "unknown"
+
+
+__all__ = ["EncodedSamples", "Family", "detect_family"]

@@ -1,0 +1,54 @@
+"""What a model family tells the engine: which blocks are merged, how inputs are made, how a task is scored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..samples import Sample
+
+
+@dataclass
+class EncodedSamples:
+    """Model inputs for a list of samples, padded to one length; `token_mask` marks real tokens."""
+
+    inputs: dict[str, torch.Tensor]
+    token_mask: torch.Tensor  # [rows, tokens] bool
+
+    def to(self, device: torch.device) -> "EncodedSamples":
+        return EncodedSamples({k: v.to(device) for k, v in self.inputs.items()}, self.token_mask.to(device))
+
+
+class Family(Protocol):
+    name: str
+    metric: str
+    higher_is_better: bool
+
+    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        """The part of the base model that is merged (blocks plus embeddings), ready for inference."""
+
+    def load_processor(self, folder: Path):
+        """The tokenizer or image processor that turns samples into model inputs."""
+
+    def encode(self, processor, samples: list[Sample], max_length: int) -> EncodedSamples:
+        """Batch samples into padded model inputs."""
+
+    def blocks(self, backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+        """The repeated blocks merged in network order, and their path inside the backbone."""
+
+    def run_backbone(self, backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> object:
+        """One forward of the backbone; the engine stops it at block 0 to capture block inputs."""
+
+    def is_task_specific(self, name: str) -> bool:
+        """Backbone tensors kept per task with the head (never merged), e.g. BERT's pooler."""
+
+    def score(self, backbone: nn.Module | None, expert_folder: Path, processor, samples: list[Sample],
+              batch_size: int) -> float:
+        """Task score on labelled samples of the expert's head on `backbone` (the expert itself when None)."""
+
+    def save_task_head(self, expert_folder: Path, prefix: str, out_dir: Path) -> None:
+        """Write what a merged backbone needs to serve this expert's task (head weights, config)."""

@@ -1,0 +1,119 @@
+"""BERT-like encoders fine-tuned for sequence classification; each expert keeps its own head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from ..errors import InputError
+from ..samples import Sample
+from ..sources import SafetensorsWeights
+from .base import EncodedSamples
+
+# The pooler sits after the merged encoder and is fine-tuned with the classifier, so it travels with the head.
+TASK_SPECIFIC_PREFIXES = ("pooler.",)
+MAX_EVAL_LENGTH = 512
+transformers_logging.disable_progress_bar()
+
+
+class TextClassification:
+    name = "text-classification"
+    metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        self._classifier_of: tuple[Path, nn.Module] | None = None  # one at a time bounds memory
+
+    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        model = AutoModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+        return model.to(device).eval()
+
+    def load_processor(self, folder: Path):
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+    def encode(self, processor, samples: list[Sample], max_length: int) -> EncodedSamples:
+        batch = processor([s.text for s in samples], padding="longest", truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return EncodedSamples(inputs, inputs["attention_mask"].bool())
+
+    def blocks(self, backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+        return "encoder.layer", backbone.encoder.layer
+
+    def run_backbone(self, backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> object:
+        return backbone(**inputs)
+
+    def is_task_specific(self, name: str) -> bool:
+        return name.startswith(TASK_SPECIFIC_PREFIXES)
+
+    def _classifier(self, expert_folder: Path, fresh: bool) -> nn.Module:
+        """The expert's classifier; `fresh` reloads it so that its own encoder is in place."""
+        if fresh or self._classifier_of is None or self._classifier_of[0] != expert_folder:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                expert_folder, use_safetensors=True, trust_remote_code=False)
+            self._classifier_of = (expert_folder, model.eval())
+        return self._classifier_of[1]
+
+    def score(self, backbone: nn.Module | None, expert_folder: Path, processor, samples: list[Sample],
+              batch_size: int) -> float:
+        classifier = self._classifier(expert_folder, fresh=backbone is None)
+        if backbone is not None:
+            param = next(backbone.parameters())
+            classifier.to(param.device, param.dtype)
+            merged = {k: v for k, v in backbone.state_dict().items() if not self.is_task_specific(k)}
+            classifier.base_model.load_state_dict(merged, strict=False)
+        param = next(classifier.parameters())
+        labels = torch.tensor([label_index(s.label, classifier.config, expert_folder) for s in samples])
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(samples), batch_size):
+                chunk = self.encode(processor, samples[start:start + batch_size], MAX_EVAL_LENGTH).to(param.device)
+                logits = classifier(**chunk.inputs).logits
+                correct += int((logits.argmax(-1).cpu() == labels[start:start + batch_size]).sum())
+        return correct / len(samples)
+
+    def save_task_head(self, expert_folder: Path, prefix: str, out_dir: Path) -> None:
+        weights = SafetensorsWeights(expert_folder)
+        head = {}
+        for name in weights.names():
+            inside = name[len(prefix):] if name.startswith(prefix) else None
+            if inside is None or self.is_task_specific(inside):
+                head[name] = weights.get(name).contiguous()
+        out_dir.mkdir(parents=True)
+        save_file(head, str(out_dir / "head.safetensors"))
+        AutoConfig.from_pretrained(expert_folder).save_pretrained(out_dir)
+
+
+def label_index(label: str | int | None, config, source: Path) -> int:
+    """The class index of a sample label: an integer, or a name from the expert's id2label."""
+    count = config.num_labels
+    if isinstance(label, int):
+        if 0 <= label < count:
+            return label
+        raise InputError(f"label {label} is out of range for {source} ({count} classes)")
+    names = {str(v).lower(): int(k) for k, v in config.id2label.items()}
+    if label is not None and label.lower() in names:
+        return names[label.lower()]
+    raise InputError(f"label '{label}' is not one of {source}'s classes: {', '.join(config.id2label.values())}")
+
+
+def load_task_model(merged_dir: str | Path, task: str) -> nn.Module:
+    """A ready classifier for `task`: the merged encoder under `merged_dir` with that task's saved head."""
+    from safetensors.torch import load_file
+
+    merged_dir = Path(merged_dir)
+    head_dir = merged_dir / "heads" / task
+    if not head_dir.is_dir():
+        raise InputError(f"{merged_dir}: no head for task '{task}'")
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(head_dir))
+    backbone = AutoModel.from_pretrained(merged_dir, use_safetensors=True)
+    model.base_model.load_state_dict(backbone.state_dict(), strict=False)
+    unexpected = model.load_state_dict(load_file(str(head_dir / "head.safetensors")), strict=False).unexpected_keys
+    if unexpected:
+        raise InputError(f"{head_dir}: head tensors do not fit the model: {', '.join(unexpected[:3])}")
+    return model.eval()

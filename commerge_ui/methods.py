@@ -1,0 +1,62 @@
+"""The merge methods behind one registry: data-free rules per tensor, and which methods solve regressions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import MergeOptions
+
+
+def average(base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+    # W = mean_i W_i
+    return torch.stack([e.float() for e in experts]).mean(dim=0)
+
+
+def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+    # W = W_base + λ Σ_i (W_i − W_base)
+    b = base.float()
+    return b + options.task_lambda * torch.stack([e.float() - b for e in experts]).sum(dim=0)
+
+
+def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+    """TIES: trim each task vector to its largest `ties_density` share, elect a sign, sum what agrees.
+
+    The disjoint *sum* scaled by λ follows FusionBench's default (the paper's disjoint mean with λ≈1 is close).
+    """
+    b = base.float()
+    vectors = torch.stack([e.float() - b for e in experts])
+    flat = vectors.reshape(len(experts), -1)
+    keep = max(1, int(round(options.ties_density * flat.shape[1])))
+    if keep < flat.shape[1]:
+        threshold = flat.abs().kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
+        flat = torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat))
+    sign = torch.sign(flat.sum(dim=0))
+    agree = (torch.sign(flat) == sign) & (flat != 0)
+    merged = (flat * agree).sum(dim=0).reshape(base.shape)
+    return b + options.task_lambda * merged
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    regression: bool  # linear layers in blocks are solved from activations (RegMean, CoM)
+    rule: object  # the per-tensor rule for everything not solved by regression
+
+    @property
+    def needs_base(self) -> bool:
+        return self.rule is not average
+
+    def merge_tensor(self, base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+        return self.rule(base, experts, options).to(experts[0].dtype)  # type: ignore[operator]
+
+
+METHODS: dict[str, Method] = {
+    "com": Method("com", "Chain of Merges", True, average),
+    "regmean": Method("regmean", "RegMean", True, average),
+    "task_arithmetic": Method("task_arithmetic", "Task arithmetic", False, task_arithmetic),
+    "ties": Method("ties", "TIES", False, ties),
+    "average": Method("average", "Average", False, average),
+}

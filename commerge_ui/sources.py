@@ -1,0 +1,120 @@
+"""Where models come from: a local folder or a Hub id, read lazily from safetensors only."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import InputError
+
+# Weights, configs and tokenizer files; pickle weights (.bin, .pt, .pth) are never fetched.
+HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "merges.txt"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def resolve_model(ref: str, revision: str | None = None, token: str | None = None) -> Path:
+    """A folder holding the model's config and safetensors weights, downloaded from the Hub if needed."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{ref}: expected a model folder (config.json + *.safetensors), got a file")
+        folder = path
+    elif ref.startswith((".", "/", "~")) or not _REPO_ID.match(ref):
+        raise InputError(f"{ref}: no such folder, and not a Hub model id")
+    else:
+        folder = _download(ref, revision, token)
+    check_model_folder(folder, ref)
+    return folder
+
+
+def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, token=token or None, allow_patterns=HUB_PATTERNS))
+    except GatedRepoError:
+        raise InputError(f"{repo_id}: gated repository; accept its terms on the Hub and give a token") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"{repo_id}: no such model on the Hub (or it is private and no valid token was given)") from None
+    except RevisionNotFoundError:
+        raise InputError(f"{repo_id}: revision '{revision}' not found") from None
+    except LocalEntryNotFoundError:
+        raise InputError(f"{repo_id}: not in the local cache and the Hub cannot be reached (offline?)") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise InputError(f"{repo_id}: download failed ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})") from None
+
+
+def check_model_folder(folder: Path, ref: str | None = None) -> None:
+    """Refuse folders without a config or without safetensors weights (pickle is never loaded)."""
+    name = ref or str(folder)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{name}: config.json is missing")
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise InputError(
+                f"{name}: only pickle weights ({', '.join(sorted(pickles)[:3])}); convert them to safetensors "
+                "first (pickle files can run code when loaded, so they are refused)"
+            )
+        raise InputError(f"{name}: no *.safetensors weight file")
+
+
+class SafetensorsWeights:
+    """The tensors of one model folder, read by name on demand (memory-mapped, never all at once)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._handles: dict[Path, object] = {}
+
+    @cached_property
+    def file_of(self) -> dict[str, Path]:
+        index = self.folder / "model.safetensors.index.json"
+        try:
+            if index.is_file():
+                weight_map = json.loads(index.read_text())["weight_map"]
+                return {name: self.folder / file for name, file in weight_map.items()}
+            mapping: dict[str, Path] = {}
+            for file in sorted(self.folder.glob("*.safetensors")):
+                mapping.update({name: file for name in self._open(file).keys()})
+            return mapping
+        except (SafetensorError, OSError, KeyError, ValueError) as err:
+            raise InputError(f"{self.folder}: unreadable safetensors weights ({err})") from None
+
+    def _open(self, file: Path):
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt")
+            except (SafetensorError, OSError) as err:
+                raise InputError(f"{file}: corrupt or truncated safetensors file ({err})") from None
+        return self._handles[file]
+
+    def names(self) -> list[str]:
+        return list(self.file_of)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self.file_of[name]).get_slice(name).get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.file_of:
+            raise InputError(f"{self.folder}: tensor '{name}' is missing")
+        try:
+            return self._open(self.file_of[name]).get_tensor(name)
+        except (SafetensorError, OSError) as err:
+            raise InputError(f"{self.file_of[name]}: cannot read tensor '{name}' ({err})") from None
+
+    def prefix_for(self, module_names: list[str], candidates: list[str]) -> str:
+        """The name prefix under which this folder stores `module_names` (e.g. 'bert.' in a classifier)."""
+        probe = module_names[0]
+        for prefix in candidates:
+            if prefix + probe in self.file_of:
+                return prefix
+        raise InputError(f"{self.folder}: tensor '{probe}' not found under any of the prefixes {candidates}")
