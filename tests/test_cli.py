@@ -1,0 +1,136 @@
+"""The CLI round trip: a loadable merged model, a schema-valid report, exit codes, atomic output."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import torch
+from transformers import AutoModel
+
+from commerge_ui.cli import main
+from commerge_ui.families.text_classification import load_task_model
+
+from conftest import make_expert, make_base
+
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+REPORT_SCHEMA = {
+    "type": "object",
+    "required": ["family", "base", "experts", "layers", "methods"],
+    "properties": {
+        "family": {"enum": ["text-classification", "image-classification", "causal-lm"]},
+        "base": {"type": "object", "required": ["scores"],
+                 "properties": {"scores": {"type": "object", "additionalProperties": NUMBER_OR_NULL}}},
+        "experts": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["score"], "properties": {"score": NUMBER_OR_NULL}}},
+        "layers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "methods": {"type": "object", "additionalProperties": {
+            "type": "object",
+            "required": ["scores", "normalized", "average_score", "average_normalized", "shift", "seconds",
+                         "peak_memory_bytes"],
+            "properties": {
+                "scores": {"type": "object", "additionalProperties": NUMBER_OR_NULL},
+                "normalized": {"type": "object", "additionalProperties": NUMBER_OR_NULL},
+                "average_score": NUMBER_OR_NULL, "average_normalized": NUMBER_OR_NULL,
+                "shift": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}}},
+                "seconds": {"type": "number", "minimum": 0},
+                "peak_memory_bytes": {"type": "integer", "minimum": 0},
+            }}},
+    },
+}
+
+
+def commerge(*args):
+    return subprocess.run([sys.executable, "-m", "commerge_ui.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def round_trip(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    done = commerge("merge", tiny.write_config(), "--out", out, "--save", "com,regmean", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_report_follows_the_schema(round_trip, tiny):
+    out, done = round_trip
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert set(report["methods"]) == {"com", "regmean", "task_arithmetic", "ties", "average"}
+    assert set(report["experts"]) == set(tiny.experts)
+    for method in report["methods"].values():
+        assert all(len(s) == len(report["layers"]) for s in method["shift"].values())
+        for task, score in method["scores"].items():
+            expected = score / report["experts"][task]["score"]
+            assert method["normalized"][task] == pytest.approx(expected)
+    assert "com" in done.stdout and "wrote" in done.stdout
+
+
+def test_saved_model_loads_with_from_pretrained(round_trip, tiny):
+    out, _ = round_trip
+    for method in ("com", "regmean"):
+        folder = out / method
+        assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+        card = (folder / "README.md").read_text()
+        assert f"`{method}`" in card and str(tiny.base) in card and "task2" in card and "alpha" in card
+        encoder = AutoModel.from_pretrained(folder)
+        assert encoder.config.num_hidden_layers == 2
+    assert not (out / "average").exists()  # not asked for in --save
+
+
+def test_task_model_reproduces_the_reported_score(round_trip, tiny):
+    out, _ = round_trip
+    report = json.loads((out / "report.json").read_text())
+    from commerge_ui.families.text_classification import TextClassification
+    from commerge_ui.samples import read_samples
+    family = TextClassification()
+    model = load_task_model(out / "com", "task1")
+    tokenizer = family.load_processor(out / "com")
+    samples = read_samples(tiny.evaluation["task1"])
+    batch = family.encode(tokenizer, samples, 64)
+    with torch.no_grad():
+        predictions = model(**batch.inputs).logits.argmax(-1)
+    accuracy = float((predictions == torch.tensor([s.label for s in samples])).float().mean())
+    assert accuracy == pytest.approx(report["methods"]["com"]["scores"]["task1"])
+
+
+def test_existing_output_is_never_overwritten_without_force(round_trip, tiny):
+    out, _ = round_trip
+    before = (out / "report.json").read_text()
+    done = commerge("merge", tiny.write_config(), "--out", out)
+    assert done.returncode == 2 and "already exists (use --force" in done.stderr
+    assert (out / "report.json").read_text() == before
+
+
+def test_mismatched_expert_is_refused_and_nothing_is_written(tmp_path, tiny, capsys):
+    wide_base = make_base(tmp_path / "wide_base", hidden=48)
+    make_expert(tmp_path / "wide", wide_base, 0.1, seed=1)
+    config = tiny.config()
+    config["experts"][1]["model"] = str(tmp_path / "wide")
+    import yaml
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    code = main(["merge", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "expert 'task1'" in err and "'embeddings.word_embeddings.weight' has shape [41, 48], base has [41, 32]" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_bad_input_exit_codes(tmp_path, tiny):
+    done = commerge("merge", tmp_path / "nope.yaml", "--out", tmp_path / "o")
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    done = commerge("merge", tiny.write_config("s.yaml"), "--out", tmp_path / "o", "--save", "magic")
+    assert done.returncode == 2 and "--save names magic" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_force_replaces_atomically(tmp_path, tiny):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    config = tiny.write_config("f.yaml", methods=["average"])
+    assert main(["merge", str(config), "--out", str(out), "--force", "--quiet"]) == 0
+    assert (out / "report.json").is_file() and not (out / "old.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,27 @@
+"""Data-free rules: average, task arithmetic and TIES on hand-checked tensors."""
+
+import torch
+
+from commerge_ui.config import MergeOptions
+from commerge_ui.methods import METHODS, average, task_arithmetic, ties
+
+
+def test_average_and_task_arithmetic():
+    base = torch.zeros(3)
+    experts = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])]
+    torch.testing.assert_close(average(base, experts, MergeOptions()), torch.tensor([2.0, 2.0, 2.0]))
+    ta = task_arithmetic(base, experts, MergeOptions(**{"lambda": 0.5}))
+    torch.testing.assert_close(ta, torch.tensor([2.0, 2.0, 2.0]))
+
+
+def test_ties_trims_elects_sign_and_sums_agreeing_values():
+    base = torch.zeros(4)
+    experts = [torch.tensor([4.0, -1.0, 0.1, 2.0]), torch.tensor([2.5, 5.0, -0.1, -3.0])]
+    merged = ties(base, experts, MergeOptions(**{"lambda": 1.0, "ties_density": 0.5}))
+    # kept: e1 {4, 2}, e2 {5, -3}; elected signs +, +, 0, - (2 - 3 < 0), so the 2 at index 3 drops
+    torch.testing.assert_close(merged, torch.tensor([4.0, 5.0, 0.0, -3.0]))
+
+
+def test_registry_marks_regression_methods():
+    assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean"}
+    assert not METHODS["average"].needs_base and METHODS["ties"].needs_base

@@ -1,0 +1,51 @@
+"""Sample readers: formats, labels, and clear refusals."""
+
+import pytest
+
+from commerge_ui.errors import InputError
+from commerge_ui.samples import Sample, read_samples
+
+
+def test_formats(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "good film", "label": "pos"}\n\n{"text": "bad", "label": 0}\n')
+    (tmp_path / "a.csv").write_text('text,label\n"good, film",pos\nbad,0\n')
+    (tmp_path / "a.txt").write_text("good film\n\n  bad  \n")
+    expected = [Sample("good film", "pos"), Sample("bad", 0)]
+    assert read_samples(tmp_path / "a.jsonl") == expected
+    assert read_samples(tmp_path / "a.csv") == [Sample("good, film", "pos"), Sample("bad", 0)]
+    assert read_samples(tmp_path / "a.txt") == [Sample("good film"), Sample("bad")]
+
+
+def test_limit_is_a_seeded_subset_in_order(tmp_path):
+    (tmp_path / "a.txt").write_text("\n".join(f"s{i}" for i in range(100)))
+    first = read_samples(tmp_path / "a.txt", limit=10, seed=3)
+    assert first == read_samples(tmp_path / "a.txt", limit=10, seed=3)
+    assert len(first) == 10 and first != read_samples(tmp_path / "a.txt", limit=10, seed=4)
+    assert [int(s.text[1:]) for s in first] == sorted(int(s.text[1:]) for s in first)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("e.jsonl", "", "no samples"),
+    ("e.jsonl", '{"txt": "x"}\n', r"e.jsonl:1: expected a non-empty 'text' field \(columns found: txt\)"),
+    ("e.jsonl", '{"text": "x"}\n{oops\n', r"e.jsonl:2: not valid JSON"),
+    ("e.jsonl", '["x"]\n', "expected an object"),
+    ("e.csv", "sentence,label\nhi,1\n", r"e.csv:2: expected a non-empty 'text' field \(columns found: sentence, label\)"),
+    ("e.txt", "a\x00b", "binary data"),
+    ("e.parquet", "x", "unsupported sample format"),
+    ("e.jsonl", '{"text": "x", "label": [1]}\n', "'label' must be a string or an integer"),
+])
+def test_bad_files_are_refused_with_the_place(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_samples(tmp_path / name)
+
+
+def test_undecodable_text_and_missing_labels(tmp_path):
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_samples(tmp_path / "b.txt")
+    (tmp_path / "u.jsonl").write_text('{"text": "x", "label": 1}\n{"text": "y"}\n')
+    with pytest.raises(InputError, match="sample 2 has no label"):
+        read_samples(tmp_path / "u.jsonl", need_labels=True)
+    with pytest.raises(InputError, match="not found"):
+        read_samples(tmp_path / "nope.txt")
