@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .config import load_config
+from .demo import DEMO_DIR, ensure_demo
 from .engine import ProgressEvent
 from .errors import Cancelled, InputError, MergeError
 from .export import atomic_folder
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         from .api import run_merge  # heavy imports after argument parsing
 
         config = load_config(args.config)
+        if args.config.resolve().parent == DEMO_DIR:
+            ensure_demo(log=printer.log)  # first use on this machine: fine-tune the demo's experts
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:
             report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,

@@ -22,7 +22,8 @@ from torch import nn
 from .config import MergeOptions
 from .errors import Cancelled
 from .families.base import EncodedSamples, Family
-from .layers import LayerGroup, find_layer_groups, group_weight, has_bias, pre_hooks, set_group_weight
+from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, linear_shape, pre_hooks,
+                     set_group_weight)
 from .methods import Method
 from .resources import PeakMemory
 from .solve import augment, com_terms, regmean_terms, solve_group, task_scale
@@ -116,9 +117,9 @@ def _load_block(template: nn.Module, source: ModelSource, path: str, dtype: torc
     return block
 
 
-def _outputs_narrower(modules: list[nn.Module], with_bias: bool) -> bool:
-    width_in = group_weight(modules[:1], with_bias).shape[0]
-    return sum(group_weight([m], with_bias).shape[1] for m in modules) < width_in
+def _outputs_narrower(modules: list[nn.Module]) -> bool:
+    """True when X̂ᵀY (d_in × Σd_out) is cheaper to accumulate than X̂ᵀX (d_in × d_in)."""
+    return sum(linear_shape(m)[1] for m in modules) < linear_shape(modules[0])[0]
 
 
 class _BlockMerger:
@@ -257,7 +258,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
             merger = _BlockMerger(method, options, tasks, masks, trace, on_group)
             want_outputs = set()
             if method.name == "com" and options.target == "expert_outputs":
-                want_outputs = {g for g in groups if _outputs_narrower(g.modules(block), merger.with_bias(g.modules(block)))}
+                want_outputs = {g for g in groups if _outputs_narrower(g.modules(block))}
             expert_blocks, xs, ys, expert_outs = [], [], [], []
             for task, stream, mask in zip(tasks, expert_streams, masks):
                 expert_block = _load_block(block, task.source, path, dtype)

@@ -63,6 +63,12 @@ def find_layer_groups(block: nn.Module, run: Callable[[], object]) -> list[Layer
     return [LayerGroup(tuple(names)) for names in groups.values()]
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a linear layer, whichever way it stores its weight."""
+    rows, cols = module.weight.shape
+    return (rows, cols) if isinstance(module, Conv1D) else (cols, rows)
+
+
 def has_bias(modules: list[nn.Module]) -> bool:
     return all(m.bias is not None for m in modules)
 
@@ -84,7 +90,7 @@ def set_group_weight(modules: list[nn.Module], merged: torch.Tensor, with_bias: 
     start = 0
     with torch.no_grad():
         for m in modules:
-            width = m.weight.shape[1] if isinstance(m, Conv1D) else m.weight.shape[0]
+            width = linear_shape(m)[1]
             part = merged[:, start:start + width]
             start += width
             w = part[:-1] if with_bias else part

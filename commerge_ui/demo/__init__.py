@@ -1,0 +1,5 @@
+"""The embedded offline demo: all-MiniLM-L6-v2 and three experts fine-tuned from it on different labels."""
+
+from .build import DEMO_CONFIG, DEMO_DIR, ensure_demo, is_built
+
+__all__ = ["DEMO_CONFIG", "DEMO_DIR", "ensure_demo", "is_built"]
