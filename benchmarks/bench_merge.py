@@ -18,8 +18,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
 from commerge_ui.config import MergeOptions
-from commerge_ui.engine import (EngineTask, ModelSource, Stream, _BlockMerger, _load_block, capture_block_inputs,
-                                merge, run_block)
+from commerge_ui.engine import (EngineTask, ModelSource, Stream, _BlockMerger, _load_block, _rows_of,
+                                initial_streams, merge, run_block)
 from commerge_ui.families import EncodedSamples
 from commerge_ui.families.text_classification import TextClassification
 from commerge_ui.layers import find_layer_groups, pre_hooks
@@ -69,22 +69,16 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
     method = METHODS["com"]
     block_path, blocks = FAMILY.blocks(backbone)
     dtype = next(backbone.parameters()).dtype
-    params = dict(backbone.named_parameters())
-    outside = [n for n in params if not n.startswith(block_path + ".")]
     masks = [encoded.token_mask[t.rows] for t in tasks]
-    expert_streams = []
+
+    def average(name: str, experts: list[torch.Tensor], param: torch.Tensor) -> None:
+        param.copy_(torch.stack(experts).mean(0))
+
     with torch.no_grad():
-        for task in tasks:
-            for name in outside:
-                params[name].copy_(task.source.get(name).to(dtype))
-            rows = {k: v[task.rows] for k, v in encoded.inputs.items()}
-            expert_streams.append(capture_block_inputs(FAMILY, backbone, blocks[0], rows))
-        for name in outside:
-            params[name].copy_(torch.stack([t.source.get(name).to(dtype) for t in tasks]).mean(0))
-        start = capture_block_inputs(FAMILY, backbone, blocks[0], encoded.inputs)
+        expert_streams, start = initial_streams(FAMILY, backbone, tasks, encoded, average)
         for index, block in enumerate(blocks):
             path = f"{block_path}.{index}"
-            probe = Stream(start.hidden[:1], *_rows(start, 1))
+            probe = Stream(start.hidden[:1], *_rows_of(start, slice(0, 1)))
             groups = find_layer_groups(block, lambda: run_block(block, probe))
             merger = _BlockMerger(method, options, tasks, masks, _Trace(tasks), lambda label: None)
             expert_blocks, xs, ys = [], [], []
@@ -120,11 +114,6 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
 class _Trace:
     def __init__(self, tasks):
         self.warnings, self.shift = [], {t.name: [] for t in tasks}
-
-
-def _rows(stream: Stream, n: int):
-    from commerge_ui.engine import _rows_of
-    return _rows_of(stream, slice(0, n))
 
 
 def timed(fn, device: torch.device) -> tuple[float, int]:
@@ -166,15 +155,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--depths", default="2,4,8,16")
     parser.add_argument("--experts", default="2,4,8")
+    parser.add_argument("--naive-up-to", type=int, default=16, help="deepest stack on which the naive CoM runs")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(f"device={args.device} hidden={args.hidden} samples/expert={args.samples} tokens={args.tokens} "
           f"torch={torch.__version__} threads={torch.get_num_threads()}")
     print(f"\n{'blocks':>6} {'experts':>7} {'regmean s':>10} {'com s':>8} {'com/reg':>8} {'naive s':>8} "
           f"{'naive/com':>9} {'reg MiB':>8} {'com MiB':>8}")
-    cases = [(d, 3) for d in map(int, args.depths.split(","))] + [(4, e) for e in map(int, args.experts.split(","))]
+    cases = [(d, 3) for d in map(int, filter(None, args.depths.split(",")))]
+    cases += [(4, e) for e in map(int, filter(None, args.experts.split(",")))]
     for layers, experts in cases:
-        r = run_case(layers, experts, args, with_naive=experts == 3)
+        r = run_case(layers, experts, args, with_naive=experts == 3 and layers <= args.naive_up_to)
         reg, com = r["regmean"], r["com"]
         naive_s, naive_ratio = (f"{r['naive_com'][0]:.2f}", f"{r['naive_com'][0] / com[0]:.2f}") if "naive_com" in r else ("-", "-")
         print(f"{layers:>6} {experts:>7} {reg[0]:>10.2f} {com[0]:>8.2f} {com[0] / reg[0]:>8.2f} {naive_s:>8} "

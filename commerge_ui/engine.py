@@ -207,6 +207,23 @@ class _BlockMerger:
             return run_block(block, stream)
 
 
+def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask], calibration: EncodedSamples,
+                    merge_tensor: Callable[[str, list[torch.Tensor], torch.Tensor], None]) -> tuple[list[Stream], Stream]:
+    """Block-0 inputs: each expert's own embeddings give its stream; then everything outside the blocks is
+    merged (`merge_tensor(name, experts' tensors, parameter)`) and the merged stream is captured."""
+    block_path, blocks = family.blocks(backbone)
+    params = {n: p for n, p in backbone.named_parameters() if not n.startswith(block_path + ".")}
+    expert_streams = []
+    for task in tasks:
+        for name, param in params.items():
+            param.copy_(task.source.get(name))
+        rows = {k: v[task.rows] for k, v in calibration.inputs.items()}
+        expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows))
+    for name, param in params.items():
+        merge_tensor(name, [t.source.get(name).to(param.device, param.dtype) for t in tasks], param)
+    return expert_streams, capture_block_inputs(family, backbone, blocks[0], calibration.inputs)
+
+
 def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource, tasks: list[EngineTask],
           calibration: EncodedSamples, options: MergeOptions,
           progress: Callable[[ProgressEvent], None] | None = None,
@@ -232,18 +249,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         param.copy_(method.merge_tensor(base_tensor, experts, options))
 
     with torch.no_grad():
-        # Block-0 inputs: each expert's own embeddings for its stream, the merged ones for the merged stream.
-        outside = {n for n, _ in backbone.named_parameters() if not n.startswith(block_path + ".")}
-        params = dict(backbone.named_parameters())
-        expert_streams = []
-        for task in tasks:
-            for name in outside:
-                params[name].copy_(task.source.get(name).to(dtype))
-            rows = {k: v[task.rows] for k, v in calibration.inputs.items()}
-            expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows))
-        for name in outside:
-            merge_tensor(name, [t.source.get(name).to(params[name].device, dtype) for t in tasks], params[name])
-        merged_stream = capture_block_inputs(family, backbone, blocks[0], calibration.inputs)
+        expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor)
         memory.sample()
 
         for index, block in enumerate(blocks):
