@@ -49,6 +49,10 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
     unknown = [m for m in save if m not in config.methods]
     if unknown:
         raise InputError(f"--save names {', '.join(unknown)}, which the config's methods do not include")
+    missing = [e.name for e in config.experts if not e.calibration]
+    if missing:
+        raise InputError(f"expert '{missing[0]}': 'calibration' samples are required (they measure the shift "
+                         "and drive RegMean/CoM)")
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
     torch.manual_seed(options.seed)
 
@@ -75,8 +79,6 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
         probe = [n for n in names if n.startswith(f"{block_path}.0.")]
         if is_unchanged(weights, prefix, base.weights, base.prefix, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
-        if not spec.calibration:
-            raise InputError(f"{who}: 'calibration' samples are required")
         calibration = read_samples(spec.calibration, options.calibration_samples, options.seed)
         evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed, need_labels=True)
                       if spec.evaluation else None)

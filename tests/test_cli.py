@@ -134,3 +134,13 @@ def test_force_replaces_atomically(tmp_path, tiny):
     assert main(["merge", str(config), "--out", str(out), "--force", "--quiet"]) == 0
     assert (out / "report.json").is_file() and not (out / "old.txt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_missing_calibration_is_refused_before_any_model_is_read(tmp_path, tiny, capsys):
+    config = tiny.config()
+    del config["experts"][2]["calibration"]
+    config["base"] = "org/never-downloaded"  # would fail differently if models were resolved first
+    import yaml
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["merge", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert "expert 'task2': 'calibration' samples are required" in capsys.readouterr().err
