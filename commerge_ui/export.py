@@ -41,7 +41,7 @@ def model_card(base: str, experts: dict[str, str], method: str, title: str, opti
         "---", "library_name: transformers", "tags:", "- merge", "- commerge_ui", f"- {method}",
         f"base_model: {base}", "---", "",
         f"# {title} merge of {len(experts)} experts", "",
-        f"Merged with [commerge_ui](https://github.com/) using **{title}** (`{method}`).", "",
+        f"Merged with commerge_ui using **{title}** (`{method}`).", "",
         f"- Base: `{base}`",
     ]
     lines += [f"- Expert `{name}`: `{model}`" for name, model in experts.items()]

@@ -54,6 +54,3 @@ def normalized(score: float | None, expert: float | None, higher_is_better: bool
         return score / expert if expert else None
     return expert / score if score else None
 
-
-def read_report(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -82,7 +82,7 @@ def _from_record(record: object, where: str) -> Sample:
         columns = ", ".join(str(k) for k in record) or "none"
         raise InputError(f"{where}: expected a non-empty 'text' field (columns found: {columns})")
     label = record.get("label")
-    if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+    if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int))):
         raise InputError(f"{where}: 'label' must be a string or an integer")
     if isinstance(label, str):
         label = label.strip()

@@ -110,11 +110,3 @@ class SafetensorsWeights:
             return self._open(self.file_of[name]).get_tensor(name)
         except (SafetensorError, OSError) as err:
             raise InputError(f"{self.file_of[name]}: cannot read tensor '{name}' ({err})") from None
-
-    def prefix_for(self, module_names: list[str], candidates: list[str]) -> str:
-        """The name prefix under which this folder stores `module_names` (e.g. 'bert.' in a classifier)."""
-        probe = module_names[0]
-        for prefix in candidates:
-            if prefix + probe in self.file_of:
-                return prefix
-        raise InputError(f"{self.folder}: tensor '{probe}' not found under any of the prefixes {candidates}")
