@@ -60,8 +60,11 @@ def write_samples(root: Path = DEMO_DIR) -> None:
 def held_out(task: str, seed: int, training_seed: int) -> list:
     """Evaluation sentences that the expert never saw in training (the grammars are finite)."""
     seen = {s.text for s in sentences(task, RECIPE["train_samples"], seed=training_seed)}
-    unseen, kept = [s for s in sentences(task, 50 * EVAL_SAMPLES, seed=seed) if s.text not in seen], set()
-    chosen = [s for s in unseen if not (s.text in kept or kept.add(s.text))][:EVAL_SAMPLES]
+    chosen = []
+    for candidate in sentences(task, 50 * EVAL_SAMPLES, seed=seed):
+        if candidate.text not in seen and len(chosen) < EVAL_SAMPLES:
+            seen.add(candidate.text)  # no repeats within the evaluation set either
+            chosen.append(candidate)
     if len(chosen) < EVAL_SAMPLES:
         raise RuntimeError(f"demo task '{task}': only {len(chosen)} unseen evaluation sentences")
     return chosen
@@ -115,11 +118,11 @@ def fine_tune(base: Path, task: str, out: Path, seed: int) -> float:
         loss.backward()
         optimizer.step()
     model.eval()
-    held_out = sentences(task, 200, seed=seed + 20_000)
+    unseen = held_out(task, seed=seed + 20_000, training_seed=seed + 10_000)
     with torch.no_grad():
-        batch = tokenizer([s.text for s in held_out], padding=True, return_tensors="pt")
+        batch = tokenizer([s.text for s in unseen], padding=True, return_tensors="pt")
         predictions = model(**batch).logits.argmax(-1)
-    accuracy = sum(int(p) == labels.index(s.label) for p, s in zip(predictions, held_out)) / len(held_out)
+    accuracy = sum(int(p) == labels.index(s.label) for p, s in zip(predictions, unseen)) / len(unseen)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return accuracy
