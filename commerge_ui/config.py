@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,14 @@ class ExpertSpec(BaseModel):
     labels: list[str] | None = None
     weight: float = Field(1.0, gt=0, description="task importance λ_i in the regression")
     revision: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, name: str) -> str:
+        # The name becomes a folder (heads/<name>) and a report key: no separators, no leading dot.
+        if not re.fullmatch(r"\w[\w.\-]*", name):
+            raise ValueError(f"'{name}' must be letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return name
 
 
 class MergeOptions(BaseModel):

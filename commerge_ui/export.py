@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import MergeConfig, config_to_yaml
 from .errors import InputError
 
 
@@ -32,6 +33,26 @@ def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
         final.rename(old)
     partial.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
+    """config.yaml plus copies of the sample files it names, under samples/, so that
+    `commerge merge config.yaml` reproduces the run from that folder on any machine."""
+    samples = folder / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    experts = []
+    for expert in config.experts:
+        update = {}
+        for kind in ("calibration", "evaluation"):
+            source = getattr(expert, kind)
+            if source:
+                copy = samples / f"{expert.name}_{kind}{Path(source).suffix.lower()}"
+                shutil.copyfile(source, copy)
+                update[kind] = f"samples/{copy.name}"
+        experts.append(expert.model_copy(update=update))
+    path = folder / "config.yaml"
+    path.write_text(config_to_yaml(config.model_copy(update={"experts": experts})), encoding="utf-8")
+    return path
 
 
 def model_card(base: str, experts: dict[str, str], method: str, title: str, options: dict,

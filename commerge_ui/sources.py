@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -25,7 +27,7 @@ def resolve_model(ref: str, revision: str | None = None, token: str | None = Non
         if not path.is_dir():
             raise InputError(f"{ref}: expected a model folder (config.json + *.safetensors), got a file")
         folder = path
-    elif ref.startswith((".", "/", "~")) or not _REPO_ID.match(ref):
+    elif not is_repo_id(ref):
         raise InputError(f"{ref}: no such folder, and not a Hub model id")
     else:
         folder = _download(ref, revision, token)
@@ -33,14 +35,28 @@ def resolve_model(ref: str, revision: str | None = None, token: str | None = Non
     return folder
 
 
+def is_repo_id(ref: str) -> bool:
+    """True for what can only be a Hub id ('org/name'), not a path to a folder."""
+    return not ref.startswith((".", "/", "~")) and bool(_REPO_ID.match(ref))
+
+
 def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
     from huggingface_hub import snapshot_download
+
+    with hub_errors(repo_id, revision):
+        return Path(snapshot_download(repo_id, revision=revision, token=token or None, allow_patterns=HUB_PATTERNS))
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
+    """Turn the Hub client's exceptions into one clear InputError each (the token never appears in them)."""
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+        EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, NotASafetensorsRepoError,
+        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError, SafetensorsParsingError,
     )
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, token=token or None, allow_patterns=HUB_PATTERNS))
+        yield
     except GatedRepoError:
         raise InputError(f"{repo_id}: gated repository; accept its terms on the Hub and give a token") from None
     except RepositoryNotFoundError:
@@ -49,6 +65,14 @@ def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
         raise InputError(f"{repo_id}: revision '{revision}' not found") from None
     except LocalEntryNotFoundError:
         raise InputError(f"{repo_id}: not in the local cache and the Hub cannot be reached (offline?)") from None
+    except EntryNotFoundError:
+        raise InputError(f"{repo_id}: config.json or safetensors weights are missing on the Hub") from None
+    except OfflineModeIsEnabled:
+        raise InputError(f"{repo_id}: the Hub is switched off here (HF_HUB_OFFLINE) and the model is not cached") from None
+    except NotASafetensorsRepoError:
+        raise InputError(f"{repo_id}: has no safetensors weights (pickle-only repositories are refused)") from None
+    except SafetensorsParsingError:
+        raise InputError(f"{repo_id}: its safetensors header cannot be parsed (corrupt upload?)") from None
     except (HfHubHTTPError, OSError) as err:
         raise InputError(f"{repo_id}: download failed ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})") from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ RECIPE = {"version": 3, "seed": 0, "train_samples": 3000, "steps": 80, "batch_si
 BASE_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
               "special_tokens_map.json"]
 EVAL_SAMPLES, CALIBRATION_SAMPLES = 300, 256
+_BUILD_LOCK = threading.Lock()  # the app builds in the background while a run may wait for it
 
 
 def base_model_folder() -> Path:
@@ -40,9 +42,10 @@ def is_built(root: Path = DEMO_DIR) -> bool:
 
 
 def ensure_demo(root: Path = DEMO_DIR, log: Callable[[str], None] = print) -> None:
-    """Build the demo's models unless the ones on disk come from the current recipe."""
-    if not is_built(root):
-        build_models(root, log)
+    """Build the demo's models unless the ones on disk come from the current recipe (one build at a time)."""
+    with _BUILD_LOCK:
+        if not is_built(root):
+            build_models(root, log)
 
 
 def write_samples(root: Path = DEMO_DIR) -> None:

@@ -15,7 +15,14 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deb
 
 def detect_family(folder: Path, requested: str = "auto") -> Family:
     """The family named in the config, or the one the model's config.json implies."""
-    name = requested if requested != "auto" else _guess(folder)
+    if requested == "auto":
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            raise InputError(f"{folder}: config.json is missing or not valid JSON") from None
+        name = guess_family(config)
+    else:
+        name = requested
     if name == "text-classification":
         return TextClassification()
     if name in ("image-classification", "causal-lm"):
@@ -23,8 +30,8 @@ def detect_family(folder: Path, requested: str = "auto") -> Family:
     raise InputError(f"{folder}: cannot tell the model family; set 'family' in the config")
 
 
-def _guess(folder: Path) -> str:
-    config = json.loads((folder / "config.json").read_text())
+def guess_family(config: dict) -> str:
+    """The family a model's config.json implies, or 'unknown'."""
     model_type = config.get("model_type", "")
     architectures = " ".join(config.get("architectures") or [])
     if model_type in ("clip", "clip_vision_model"):
@@ -36,4 +43,4 @@ def _guess(folder: Path) -> str:
     return "unknown"
 
 
-__all__ = ["EncodedSamples", "Family", "detect_family"]
+__all__ = ["EncodedSamples", "Family", "detect_family", "guess_family"]

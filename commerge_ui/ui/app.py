@@ -1,0 +1,288 @@
+"""The page: models → samples → run → results → export (design.md §9). Layout and wiring only; every
+handler calls a plain function from handlers.py, form.py or session.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ..demo import DEMO_CONFIG
+from ..errors import InputError
+from ..methods import METHODS
+from . import handlers
+from .form import ExpertForm, model_message, sample_preview
+from .handlers import DEFAULT_METHODS, MAX_EXPERTS
+from .session import Sessions
+
+UPLOAD_TYPES = [".jsonl", ".csv", ".txt"]
+MAX_UPLOAD = "200mb"  # the sample readers' own cap
+CSS = """
+.cm-progress-row {display: grid; grid-template-columns: 10em 14em 1fr; gap: .8em; align-items: center; margin: .2em 0}
+.cm-progress-row progress {width: 100%}
+.cm-stage {margin: .2em 0; opacity: .8}
+"""
+INTRO = """# Chain of Merges: merge fine-tuned experts and see why it works
+Pick a base model and experts fine-tuned from it, give each expert a few calibration samples, and compare
+**Chain of Merges (CoM)** with independent layer-wise merging (**RegMean**) and the usual baselines. RegMean solves
+every layer on statistics of the unmerged experts; CoM solves the layers in network order on the inputs of the
+partially merged model, so the drift that early merges cause is corrected downstream. The page opens on an
+offline demo (all-MiniLM-L6-v2 and four experts): press **Run** to see it."""
+
+
+def _gpu(fn):
+    """On Hugging Face ZeroGPU Spaces a GPU is attached only inside functions marked with spaces.GPU."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=900)(fn)
+
+
+def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None) -> gr.Blocks:
+    sessions = sessions or Sessions()
+    defaults = handlers.defaults_from(config_path)
+    rows = defaults.experts + [ExpertForm("", "", None, None)] * (MAX_EXPERTS - len(defaults.experts))
+    options = defaults.options
+
+    with gr.Blocks(title="Chain of Merges", delete_cache=(3600, 3600)) as app:
+        gr.Markdown(INTRO)
+
+        gr.Markdown("## 1 · Models")
+        with gr.Row():
+            base = gr.Dropdown(label="Base model (Hub id or local folder)", choices=[defaults.base],
+                               value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
+            base_status = gr.Markdown(model_message(defaults.base), elem_id="base-status")
+        hub_note = gr.Markdown("", elem_id="hub-note")
+        count = gr.Slider(1, MAX_EXPERTS, value=len(defaults.experts), step=1, label="Number of experts")
+        model_cards, names, models, model_notes = [], [], [], []
+        for k, row in enumerate(rows):
+            with gr.Row(visible=k < len(defaults.experts)) as card:
+                names.append(gr.Textbox(row.name, label=f"Expert {k + 1}: task name", scale=1))
+                models.append(gr.Dropdown(label="model (Hub id or local folder)", choices=[row.model] if row.model else [],
+                                          value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
+                                          elem_id=f"expert-{k}-model"))
+                model_notes.append(gr.Markdown(model_message(row.model, defaults.base) if row.model else "",
+                                               elem_id=f"expert-{k}-status"))
+            model_cards.append(card)
+
+        gr.Markdown("## 2 · Samples\nPer expert: calibration samples (`.txt` one per line, `.jsonl`/`.csv` with a `text` "
+                    "column; labels not needed) and optional labelled evaluation samples (a `label` column).")
+        sample_cards, calibrations, evaluations, sample_notes, previews = [], [], [], [], []
+        for k, row in enumerate(rows):
+            with gr.Group(visible=k < len(defaults.experts)) as card:
+                with gr.Row():
+                    calibrations.append(gr.File(row.calibration, label=f"Expert {k + 1}: calibration samples",
+                                                file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-calibration"))
+                    evaluations.append(gr.File(row.evaluation, label=f"Expert {k + 1}: evaluation samples (optional)",
+                                               file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-evaluation"))
+                cal_rows, cal_note = sample_preview(row.calibration, need_labels=False)
+                eval_rows, eval_note = sample_preview(row.evaluation, need_labels=True)
+                note = gr.Markdown(_sample_note(cal_note, eval_note), elem_id=f"samples-{k}-status")
+                with gr.Accordion("first samples", open=False):
+                    preview = gr.Dataframe(_preview_frame(cal_rows, eval_rows), show_label=False, max_height=220)
+                sample_notes.append(note)
+                previews.append(preview)
+            sample_cards.append(card)
+
+        gr.Markdown("## 3 · Run")
+        methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
+                                   label="Methods to compare")
+        with gr.Row():
+            alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (RegMean/CoM shrink)")
+            task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES)")
+            samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
+                                label="calibration samples per expert")
+            max_length = gr.Slider(8, 512, value=options["max_length"], step=8, label="max length (tokens)")
+        with gr.Row():
+            device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="device", info=handlers.device_note())
+            dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="dtype")
+        with gr.Row():
+            run = gr.Button("Run", variant="primary", elem_id="run")
+            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+        progress = gr.HTML("", elem_id="progress")
+
+        gr.Markdown("## 4 · Results")
+        report_state = gr.State(None)
+        run_status = gr.Markdown("", elem_id="run-status")
+        with gr.Row():
+            shown = gr.CheckboxGroup(["mean"], value=["mean"], label="Shift curves: mean over tasks and/or each task")
+        shift_plot = gr.Plot(label="Covariate shift per layer", elem_id="shift-plot")
+        heat_method = gr.Radio([], label="Heatmap of method", value=None)
+        heatmap = gr.Plot(label="Shift per task and layer", elem_id="heatmap")
+        normalized = gr.Radio([("raw scores", False), ("normalized to each expert", True)], value=False, label="Scores")
+        with gr.Row():
+            scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False)
+            bars = gr.Plot(label="Scores per task", elem_id="bars")
+        costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False)
+        warnings = gr.Markdown("")
+        with gr.Accordion("report.json", open=False):
+            report_json = gr.JSON(label="report")
+
+        gr.Markdown("## 5 · Export")
+        with gr.Row():
+            export_method = gr.Dropdown([], label="merged model of method", value=None)
+            zip_button = gr.Button("Zip the merged model")
+            model_file = gr.File(label="merged model (.zip)", interactive=False)
+        with gr.Row():
+            report_file = gr.File(label="report.json", interactive=False)
+            config_file = gr.File(label="config.yaml (the CLI accepts it as is)", interactive=False)
+            bundle_file = gr.File(label="config.yaml + samples (.zip)", interactive=False)
+        with gr.Row():
+            repo_id = gr.Textbox(label="Hub repo id", placeholder="your-name/merged-model")
+            token = gr.Textbox(label="Hub token (write access; used once, never stored)", type="password")
+            private = gr.Checkbox(True, label="private")
+            push_button = gr.Button("Push to the Hub")
+        push_note = gr.Markdown("")
+
+        # --- models ---------------------------------------------------------------------------------------
+        def on_count(n: float):
+            visible = [gr.update(visible=k < int(n)) for k in range(MAX_EXPERTS)]
+            return visible + visible
+
+        count.change(on_count, count, model_cards + sample_cards, api_visibility="private")
+        base.change(lambda ref: model_message(ref), base, base_status, api_visibility="private")
+        for model, note in zip(models, model_notes):
+            model.change(model_message, [model, base], note, api_visibility="private")
+            base.change(model_message, [model, base], note, api_visibility="private")
+        for box in [base, *models]:
+            box.key_up(_suggest, [box, base], [box, hub_note], trigger_mode="always_last", api_visibility="private")
+
+        # --- samples --------------------------------------------------------------------------------------
+        for calibration, evaluation, note, preview in zip(calibrations, evaluations, sample_notes, previews):
+            for box in (calibration, evaluation):
+                box.change(_on_samples, [calibration, evaluation], [note, preview], api_visibility="private")
+
+        # --- run ------------------------------------------------------------------------------------------
+        form_inputs = [base, count, *names, *models, *calibrations, *evaluations, methods, alpha, task_lambda,
+                       samples, max_length, device, dtype]
+        result_outputs = [shift_plot, heatmap, scores, bars, costs, warnings]
+        run_outputs = [progress, run_status, report_state, report_json, shown, heat_method, *result_outputs,
+                       export_method, report_file, config_file]
+
+        @_gpu
+        def on_run(request: gr.Request, *values):
+            session = sessions.get(request.session_hash)
+            try:
+                config = _config_from_form(values)
+            except InputError as err:
+                yield {run_status: f"❌ {err}", progress: ""}
+                return
+            for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
+                if update.report is None:
+                    yield {progress: update.html(), run_status: f"⏳ {update.error or update.stage}"
+                           if not update.error else update.error}
+                    continue
+                report = handlers.report_dict(update)
+                tasks = list(report["experts"])
+                views = handlers.result_views(report, ["mean"], "com", False)
+                yield {
+                    progress: update.html(), run_status: "✅ done", report_state: report, report_json: report,
+                    shown: gr.update(choices=["mean", *tasks], value=["mean"]),
+                    heat_method: gr.update(choices=[(handlers.plots.title_of(m), m) for m in report["methods"]],
+                                           value=next(iter(report["methods"]))),
+                    **_views_update(views, result_outputs),
+                    export_method: gr.update(choices=[(handlers.plots.title_of(m), m) for m in report["methods"]],
+                                             value=next(iter(report["methods"]))),
+                    report_file: str(session.run_folder / "report.json"),
+                    config_file: str(session.run_folder / "config.yaml"),
+                }
+
+        run.click(on_run, form_inputs, run_outputs, concurrency_limit=1, concurrency_id="merge", api_name="run",
+                  show_progress="minimal")
+
+        def on_cancel(request: gr.Request) -> str:
+            session = sessions.get(request.session_hash)
+            if not session.running:
+                return "Nothing is running."
+            session.cancel.set()
+            return "⏹ cancelling after the current layer group…"
+
+        cancel.click(on_cancel, None, run_status, queue=False, api_name="cancel")
+
+        def on_toggle(report, shown_now, method, norm):
+            if not report:
+                return [gr.update()] * len(result_outputs)
+            return list(_views_update(handlers.result_views(report, shown_now, method, norm), result_outputs).values())
+
+        for control in (shown, heat_method, normalized):
+            control.change(on_toggle, [report_state, shown, heat_method, normalized], result_outputs,
+                           api_visibility="private")
+
+        # --- export ---------------------------------------------------------------------------------------
+        def on_zip(method, request: gr.Request):
+            try:
+                return handlers.zip_model(sessions.get(request.session_hash), method), ""
+            except InputError as err:
+                return None, f"❌ {err}"
+
+        zip_button.click(on_zip, export_method, [model_file, push_note], api_name="zip_model")
+
+        def on_bundle(report, request: gr.Request):
+            if not report:
+                return None
+            return handlers.zip_config_bundle(sessions.get(request.session_hash))
+
+        report_state.change(on_bundle, report_state, bundle_file, api_visibility="private")
+
+        def on_push(method, repo, secret, is_private, request: gr.Request):
+            try:
+                message = handlers.push(sessions.get(request.session_hash), method, repo, secret, is_private)
+            except InputError as err:
+                message = f"❌ {err}"
+            return message, ""  # the token box is cleared either way
+
+        push_button.click(on_push, [export_method, repo_id, token, private], [push_note, token],
+                          api_visibility="private")
+
+        def on_close(request: gr.Request) -> None:
+            sessions.close(request.session_hash)
+
+        app.unload(on_close)
+    return app
+
+
+def _config_from_form(values: tuple):
+    base, count, rest = values[0], int(values[1]), values[2:]
+    names, models = rest[:MAX_EXPERTS], rest[MAX_EXPERTS:2 * MAX_EXPERTS]
+    calibrations, evaluations = rest[2 * MAX_EXPERTS:3 * MAX_EXPERTS], rest[3 * MAX_EXPERTS:4 * MAX_EXPERTS]
+    methods, alpha, task_lambda, samples, max_length = rest[4 * MAX_EXPERTS:4 * MAX_EXPERTS + 5]
+    experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k]) for k in range(count)]
+    return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length)
+
+
+def _views_update(views: handlers.ResultViews, outputs: list) -> dict:
+    values = [views.shift, views.heatmap, views.scores, views.bars, views.costs, views.warnings]
+    return dict(zip(outputs, values))
+
+
+def _suggest(query: str, base: str):
+    choices, note = handlers.hub_suggestions(query, base)
+    if not choices:
+        return gr.update(), note
+    return gr.update(choices=choices), note
+
+
+def _on_samples(calibration: str | None, evaluation: str | None):
+    cal_rows, cal_note = sample_preview(calibration, need_labels=False)
+    eval_rows, eval_note = sample_preview(evaluation, need_labels=True)
+    return _sample_note(cal_note, eval_note), _preview_frame(cal_rows, eval_rows)
+
+
+def _sample_note(calibration: str, evaluation: str) -> str:
+    parts = [f"calibration: {calibration}" if calibration else "calibration: none yet",
+             f"evaluation: {evaluation}" if evaluation else "evaluation: none (scores are skipped)"]
+    return " · ".join(parts)
+
+
+def _preview_frame(calibration: list[list], evaluation: list[list]):
+    import pandas as pd
+
+    rows = [["calibration", text, label] for text, label in calibration]
+    rows += [["evaluation", text, label] for text, label in evaluation]
+    return pd.DataFrame(rows, columns=["file", "text", "label"])
+
+
+def launch(app: gr.Blocks, **kwargs) -> None:
+    """Queue (one merge at a time per process, which holds one GPU), upload cap, and the theme's CSS."""
+    app.queue(default_concurrency_limit=4).launch(max_file_size=MAX_UPLOAD, css=CSS, **kwargs)

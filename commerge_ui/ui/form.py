@@ -1,0 +1,84 @@
+"""The app's form as plain functions: checking models and sample files, and turning the form into a config.
+
+Every function returns what the page shows (a message, preview rows) or raises InputError; none needs Gradio.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import MergeConfig, parse_config
+from ..errors import InputError
+from ..model_info import ModelInfo, compare_to_base, inspect_model
+from ..samples import read_samples
+
+PREVIEW_ROWS = 5
+_SAFE_NAME = re.compile(r"[^\w.\-]+")
+
+
+def model_message(ref: str | None, base_ref: str | None = None) -> str:
+    """One line about a model as soon as it is entered: what it is, and whether it fits the base."""
+    if not ref or not ref.strip():
+        return ""
+    try:
+        info = inspect_model(ref)
+    except InputError as err:
+        return f"❌ {err}"
+    if not base_ref or not base_ref.strip() or base_ref.strip() == ref.strip():
+        return f"✅ {info.summary()}"
+    try:
+        base = inspect_model(base_ref)
+    except InputError:
+        return f"✅ {info.summary()} · (the base could not be read, so it is not compared yet)"
+    return _fit_message(info, base)
+
+
+def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
+    problems = compare_to_base(base, info)
+    if problems:
+        return f"❌ {info.summary()} · does not match the base: {'; '.join(problems)}"
+    return f"✅ {info.summary()} · matches the base"
+
+
+def sample_preview(path: str | None, need_labels: bool) -> tuple[list[list], str]:
+    """The first rows of a sample file and a count, or the reason it cannot be used."""
+    if not path:
+        return [], ""
+    name = Path(path).name
+    try:
+        samples = read_samples(path, need_labels=need_labels)
+    except InputError as err:
+        return [], f"❌ {str(err).replace(str(path), name)}"
+    rows = [[s.text, "" if s.label is None else str(s.label)] for s in samples[:PREVIEW_ROWS]]
+    labels = {s.label for s in samples if s.label is not None}
+    detail = f", {len(labels)} labels" if labels else ", unlabelled"
+    return rows, f"✅ {name}: {len(samples)} samples{detail}"
+
+
+@dataclass
+class ExpertForm:
+    name: str
+    model: str
+    calibration: str | None
+    evaluation: str | None
+
+
+def form_config(base: str, experts: list[ExpertForm], methods: list[str], options: dict) -> MergeConfig:
+    """The merge config the form describes; rows without a model are skipped."""
+    if not base or not base.strip():
+        raise InputError("choose a base model")
+    filled = [e for e in experts if e.model and e.model.strip()]
+    if not filled:
+        raise InputError("add at least one expert model")
+    specs = []
+    for index, expert in enumerate(filled, 1):
+        name = _SAFE_NAME.sub("_", (expert.name or "").strip()).strip("._") or f"expert{index}"
+        if not expert.calibration:
+            raise InputError(f"expert '{name}': upload calibration samples")
+        spec = {"name": name, "model": expert.model.strip(), "calibration": expert.calibration}
+        if expert.evaluation:
+            spec["evaluation"] = expert.evaluation
+        specs.append(spec)
+    return parse_config({"base": base.strip(), "experts": specs, "methods": methods, "options": options})

@@ -1,0 +1,146 @@
+"""What each event of the page does, as plain functions of plain values (testable without a browser)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import MergeConfig, load_config
+from ..demo import DEMO_DIR, ensure_demo, is_built
+from ..errors import InputError
+from ..hub import push_folder, search_models
+from ..methods import METHODS
+from . import plots
+from .form import ExpertForm, form_config
+from .session import RunProgress, Session, run_in_background
+
+MAX_EXPERTS = 8
+DEFAULT_METHODS = ["com", "regmean"]
+
+
+@dataclass
+class FormDefaults:
+    base: str
+    experts: list[ExpertForm]
+    options: dict
+
+
+def defaults_from(config_path: Path) -> FormDefaults:
+    """The form filled in from a config file (the app opens on the demo's)."""
+    config = load_config(config_path)
+    experts = [ExpertForm(e.name, e.model, e.calibration, e.evaluation) for e in config.experts[:MAX_EXPERTS]]
+    return FormDefaults(config.base, experts, config.options.model_dump(by_alias=True))
+
+
+def device_note() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+        return f"GPU present: {name} ({memory:.0f} GiB); 'auto' uses it."
+    return "No GPU here: 'auto' runs on the CPU (the demo takes a minute or two)."
+
+
+def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
+    """Model ids for a search box, and a note (empty, or that the Hub is offline)."""
+    try:
+        return search_models(query or "", base), ""
+    except InputError as err:
+        return [], f"ℹ️ {err}"
+
+
+def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str) -> Iterator[RunProgress]:
+    """The run as the page sees it: waits for the demo build if the config uses it, then merges."""
+    if _uses_demo(config) and not is_built():
+        waiting = RunProgress(list(config.methods), stage="building the demo experts (first use; a few minutes)…")
+        yield waiting
+        ensure_demo(log=waiting.on_log)
+    yield from run_in_background(config, session, save=list(config.methods), device=device, dtype=dtype)
+
+
+def _uses_demo(config: MergeConfig) -> bool:
+    refs = [config.base, *(e.model for e in config.experts)]
+    return any(Path(r).resolve().is_relative_to(DEMO_DIR) for r in refs if not r.startswith(("http", "hf://")))
+
+
+def build_config(base: str, experts: list[ExpertForm], methods: list[str], alpha: float, task_lambda: float,
+                 samples: int, max_length: int, seed: int = 0) -> MergeConfig:
+    options = {"alpha": alpha, "lambda": task_lambda, "calibration_samples": int(samples),
+               "max_length": int(max_length), "seed": int(seed)}
+    if not methods:
+        raise InputError("tick at least one method")
+    return form_config(base, experts, [m for m in METHODS if m in methods], options)
+
+
+@dataclass
+class ResultViews:
+    shift: object
+    heatmap: object
+    scores: pd.DataFrame
+    bars: object
+    costs: pd.DataFrame
+    warnings: str
+
+
+def result_views(report: dict, shown: list[str], heat_method: str | None, normalized: bool) -> ResultViews:
+    """Every figure and table of the results section for the current toggles."""
+    tasks = [t for t in shown if t != "mean"]
+    heat_method = heat_method if heat_method in report["methods"] else next(iter(report["methods"]))
+    header, rows = plots.score_rows(report, normalized)
+    cost_header, cost_rows = plots.cost_rows(report)
+    warnings = [*report["warnings"], *(w for m in report["methods"].values() for w in m["warnings"])]
+    return ResultViews(
+        shift=plots.shift_figure(report, tasks, show_mean="mean" in shown),
+        heatmap=plots.shift_heatmap(report, heat_method),
+        scores=pd.DataFrame(rows, columns=header),
+        bars=plots.score_bars(report, normalized),
+        costs=pd.DataFrame(cost_rows, columns=cost_header),
+        warnings="\n".join(f"⚠️ {w}" for w in warnings),
+    )
+
+
+def report_dict(progress: RunProgress) -> dict:
+    assert progress.report is not None
+    return json.loads(json.dumps(asdict(progress.report)))
+
+
+def zip_model(session: Session, method: str | None) -> str:
+    """A zip of the merged model folder the run saved for `method` (as the CLI writes it)."""
+    folder = session.run_folder / (method or "")
+    if not method or not (folder / "config.json").is_file():
+        raise InputError("run a merge first, then choose one of its methods")
+    downloads = session.folder / "downloads"
+    downloads.mkdir(exist_ok=True)
+    archive = shutil.make_archive(str(downloads / f"merged-{method}"), "zip", root_dir=folder)
+    return archive
+
+
+def zip_config_bundle(session: Session) -> str:
+    """config.yaml and the sample files it names, zipped: `commerge merge config.yaml` reproduces the run."""
+    if not (session.run_folder / "config.yaml").is_file():
+        raise InputError("run a merge first")
+    downloads = session.folder / "downloads"
+    downloads.mkdir(exist_ok=True)
+    staging = downloads / "config-bundle"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    shutil.copy(session.run_folder / "config.yaml", staging)
+    shutil.copytree(session.run_folder / "samples", staging / "samples")
+    archive = shutil.make_archive(str(downloads / "config-bundle"), "zip", root_dir=staging)
+    shutil.rmtree(staging)
+    return archive
+
+
+def push(session: Session, method: str | None, repo_id: str, token: str, private: bool, api=None) -> str:
+    """Push the chosen merged model to the Hub; the token is used for this call only."""
+    folder = session.run_folder / (method or "")
+    if not method or not (folder / "config.json").is_file():
+        raise InputError("run a merge first, then choose one of its methods")
+    url = push_folder(folder, repo_id, token, private, api=api)
+    return f"✅ pushed the {plots.title_of(method)} model to {url}"

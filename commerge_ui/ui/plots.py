@@ -1,0 +1,122 @@
+"""Plotly figures and tables built from a report (the dict form of report.json); no Gradio here."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from ..methods import METHODS
+from ..report import normalized as normalized_score
+
+COLORS = {"com": "#e4572e", "regmean": "#2e86ab", "task_arithmetic": "#59a14f", "ties": "#b07aa1",
+          "average": "#9c9c9c", "base": "#bab0ab", "expert": "#4e4e4e"}
+# Transparent backgrounds and a mid-grey font keep the figures readable in light and dark themes.
+_LAYOUT = dict(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font=dict(color="#888888"),
+               margin=dict(l=60, r=20, t=50, b=50), hovermode="closest",
+               legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+_GRID = dict(gridcolor="rgba(136,136,136,0.25)", zerolinecolor="rgba(136,136,136,0.4)")
+
+
+def title_of(method: str) -> str:
+    return METHODS[method].title if method in METHODS else method
+
+
+def _block_ticks(layers: list[str]) -> tuple[list[int], list[str]]:
+    """One x tick at the first layer group of each block ('encoder.layer.3.…' → 'block 3')."""
+    ticks, texts, seen = [], [], set()
+    for index, label in enumerate(layers):
+        block = next((part for part in label.split(".") if part.isdigit()), None)
+        if block is not None and block not in seen:
+            seen.add(block)
+            ticks.append(index)
+            texts.append(f"block {block}")
+    return ticks, texts
+
+
+def shift_figure(report: dict, tasks: list[str] | None = None, show_mean: bool = True) -> go.Figure:
+    """Covariate shift per layer group in network order: one line per method (mean over tasks), plus the
+    chosen tasks' own lines, dotted."""
+    layers = report["layers"]
+    x = list(range(len(layers)))
+    figure = go.Figure()
+    for method, result in report["methods"].items():
+        color, title = COLORS.get(method, None), title_of(method)
+        per_task = result["shift"]
+        if show_mean and per_task:
+            mean = [sum(values[i] for values in per_task.values()) / len(per_task) for i in x]
+            figure.add_trace(go.Scatter(
+                x=x, y=mean, name=f"{title} (mean)", mode="lines+markers", line=dict(color=color, width=3),
+                marker=dict(size=5), customdata=layers, legendgroup=method,
+                hovertemplate=f"<b>{title}</b> mean<br>%{{customdata}}<br>shift %{{y:.4f}}<extra></extra>"))
+        for task in tasks or []:
+            if task in per_task:
+                figure.add_trace(go.Scatter(
+                    x=x, y=per_task[task], name=f"{title} · {task}", mode="lines",
+                    line=dict(color=color, width=1.5, dash="dot"), customdata=layers, legendgroup=method,
+                    hovertemplate=f"<b>{title}</b> · {task}<br>%{{customdata}}<br>shift %{{y:.4f}}<extra></extra>"))
+    ticks, texts = _block_ticks(layers)
+    figure.update_layout(title="Covariate shift of each layer's inputs, merged model vs expert", **_LAYOUT)
+    figure.update_xaxes(title="layer group, in network order", tickvals=ticks, ticktext=texts, **_GRID)
+    figure.update_yaxes(title="‖X̂ − X‖ / ‖X‖", rangemode="tozero", **_GRID)
+    return figure
+
+
+def shift_heatmap(report: dict, method: str) -> go.Figure:
+    """Tasks × layer groups for one method, on a colour scale shared by every method of the report."""
+    result = report["methods"][method]
+    tasks = list(result["shift"])
+    top = max((v for m in report["methods"].values() for values in m["shift"].values() for v in values),
+              default=1.0)
+    figure = go.Figure(go.Heatmap(
+        z=[result["shift"][t] for t in tasks], y=tasks, x=list(range(len(report["layers"]))),
+        customdata=[report["layers"]] * len(tasks), zmin=0.0, zmax=top or 1.0, colorscale="Viridis",
+        colorbar=dict(title="shift"),
+        hovertemplate="%{y}<br>%{customdata}<br>shift %{z:.4f}<extra></extra>"))
+    ticks, texts = _block_ticks(report["layers"])
+    figure.update_layout(title=f"{title_of(method)}: shift per task and layer group", **_LAYOUT)
+    figure.update_xaxes(tickvals=ticks, ticktext=texts)
+    return figure
+
+
+def score_rows(report: dict, normalized: bool = False) -> tuple[list[str], list[list]]:
+    """The scores table: header, then rows for the base, the experts and each method (raw or normalized)."""
+    tasks = list(report["experts"])
+    expert = {t: report["experts"][t]["score"] for t in tasks}
+    higher = report["higher_is_better"]
+
+    def cells(scores: dict[str, float | None]) -> list:
+        values = [normalized_score(scores.get(t), expert[t], higher) if normalized else scores.get(t) for t in tasks]
+        known = [v for v in values if v is not None]
+        return [_round(v) for v in values] + [_round(sum(known) / len(known) if known else None)]
+
+    rows = [["base", *cells(report["base"]["scores"])], ["experts", *cells(expert)]]
+    rows += [[title_of(m), *cells(r["scores"])] for m, r in report["methods"].items()]
+    return ["model", *tasks, "average"], rows
+
+
+def score_bars(report: dict, normalized: bool = False) -> go.Figure:
+    """Grouped bars: one group per task (and the average), one bar per model."""
+    header, rows = score_rows(report, normalized)
+    keys = ["base", "expert", *report["methods"]]
+    figure = go.Figure()
+    for key, row in zip(keys, rows):
+        figure.add_trace(go.Bar(
+            x=header[1:], y=row[1:], name=row[0], marker_color=COLORS.get(key),
+            hovertemplate=f"<b>{row[0]}</b><br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+    what = "normalized to each expert" if normalized else report["metric"]
+    figure.update_layout(title=f"Scores per task ({what})", barmode="group", **_LAYOUT)
+    figure.update_yaxes(rangemode="tozero", **_GRID)
+    return figure
+
+
+def cost_rows(report: dict) -> tuple[list[str], list[list]]:
+    """Wall time and peak memory per method, with the mean shift at the last layer group."""
+    rows = []
+    for method, result in report["methods"].items():
+        last = [values[-1] for values in result["shift"].values() if values]
+        rows.append([title_of(method), round(result["seconds"], 2), round(result["peak_memory_bytes"] / 2**20, 1),
+                     _round(sum(last) / len(last) if last else None), len(result["warnings"])])
+    return ["method", "seconds", "peak memory (MiB)", "shift at last layer", "warnings"], rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

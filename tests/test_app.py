@@ -1,0 +1,169 @@
+"""The app served on a local port: its API through gradio_client, and the page in headless Chromium."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from commerge_ui.demo import DEMO_CONFIG, ensure_demo  # noqa: E402
+from commerge_ui.ui import build_app, launch  # noqa: E402
+from commerge_ui.ui.handlers import MAX_EXPERTS, defaults_from  # noqa: E402
+from commerge_ui.ui.session import Sessions  # noqa: E402
+
+from conftest import make_base  # noqa: E402
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(config_path: Path, root: Path):
+    app = build_app(config_path, Sessions(root))
+    port = free_port()
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return app, f"http://127.0.0.1:{port}/"
+
+
+def run_args(config_path: Path, methods: list[str], samples: int, max_length: int, **replace) -> list:
+    """The /run endpoint's inputs, in the page's order, as the form shows them for `config_path`."""
+    d = defaults_from(config_path)
+    rows = [(e.name, e.model, e.calibration, e.evaluation) for e in d.experts]
+    rows += [("", None, None, None)] * (MAX_EXPERTS - len(rows))
+    for index, row in replace.get("experts", {}).items():
+        rows[index] = row
+    files = [lambda p: handle_file(p) if p else None][0]
+    return [d.base, len(d.experts), *(r[0] for r in rows), *(r[1] for r in rows),
+            *(files(r[2]) for r in rows), *(files(r[3]) for r in rows),
+            methods, 0.9, 0.3, samples, max_length, "cpu", "float32"]
+
+
+def outputs_by_name(outputs: tuple) -> dict:
+    names = ["progress", "status", "report", "shown", "heat_method", "shift", "heatmap", "scores", "bars", "costs",
+             "warnings", "export_method", "report_file", "config_file"]
+    return dict(zip(names, outputs))
+
+
+def last_layer_shift(method: dict) -> float:
+    return sum(s[-1] for s in method["shift"].values()) / len(method["shift"])
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tiny_deep, tmp_path_factory):
+    config = tiny_deep.write_config("app.yaml")
+    app, url = serve(config, tmp_path_factory.mktemp("sessions"))
+    yield config, Client(url, verbose=False)
+    app.close()
+
+
+def test_api_runs_a_merge_and_returns_plots_and_report(tiny_app):
+    config, client = tiny_app
+    out = outputs_by_name(client.predict(*run_args(config, ["com", "regmean"], 24, 16), api_name="/run"))
+    assert out["status"] == "✅ done"
+    report = json.loads(Path(out["report_file"]).read_text())
+    assert report == out["report"]
+    assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
+    assert out["shift"]["type"] == "plotly" and len(json.loads(out["shift"]["plot"])["data"]) == 2
+    assert out["scores"]["headers"][0] == "model" and [r[0] for r in out["scores"]["data"]] == [
+        "base", "experts", "Chain of Merges", "RegMean"]
+    assert "experts:" in Path(out["config_file"]).read_text()
+
+
+def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
+    config, client = tiny_app
+    make_base(tmp_path / "wide", hidden=48)
+    d = defaults_from(config)
+    e = d.experts[1]
+    args = run_args(config, ["com"], 24, 16, experts={1: (e.name, str(tmp_path / "wide"), e.calibration, e.evaluation)})
+    out = outputs_by_name(client.predict(*args, api_name="/run"))
+    assert out["status"].startswith("❌") and "does not match the base" in out["status"]
+    assert client.predict(api_name="/cancel") == "Nothing is running."
+
+
+@pytest.fixture(scope="module")
+def demo_app(tmp_path_factory):
+    ensure_demo()
+    app, url = serve(DEMO_CONFIG, tmp_path_factory.mktemp("demo-sessions"))
+    yield url
+    app.close()
+
+
+@pytest.mark.slow
+def test_demo_through_the_api(demo_app):
+    out = outputs_by_name(Client(demo_app, verbose=False).predict(*run_args(DEMO_CONFIG, ["com", "regmean"], 64, 48),
+                                                                  api_name="/run"))
+    report = out["report"]
+    com, regmean = report["methods"]["com"], report["methods"]["regmean"]
+    assert com["average_score"] >= regmean["average_score"] >= 0.9
+    assert last_layer_shift(com) < last_layer_shift(regmean)
+    assert json.loads(out["heatmap"]["plot"])["data"][0]["type"] == "heatmap"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.slow
+def test_demo_in_the_browser(demo_app, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(demo_app)
+    page.wait_for_selector("#run")
+    assert "matches the base" in page.inner_text("#expert-3-status")
+    page.click("#run")
+    page.wait_for_selector("#progress progress", timeout=120_000)
+    page.wait_for_selector("#shift-plot .js-plotly-plot .scatterlayer .trace", timeout=900_000)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "demo_results.png"), full_page=True)
+    assert page.locator("#shift-plot .scatterlayer .trace").count() == 2  # CoM and RegMean, mean over tasks
+    assert page.locator("#heatmap .heatmaplayer, #heatmap .hm, #heatmap image").count() >= 1
+    table = page.inner_text("#scores")
+    for row in ("base", "experts", "Chain of Merges", "RegMean"):
+        assert row in table
+    assert "✅ done" in page.inner_text("#run-status")
+    page.close()
+
+
+def upload(page, component: str, path: Path) -> None:
+    """Replace the file a File component holds: clear it, then give its (hidden) file input the new file."""
+    page.locator(f"{component} button[aria-label=Clear]").click()
+    page.locator(f"{component} input[type=file]").set_input_files(str(path))
+
+
+@pytest.mark.slow
+def test_bad_input_in_the_browser_is_shown_next_to_its_cause(demo_app, browser, tmp_path):
+    make_base(tmp_path / "wide", hidden=48)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    broken = tmp_path / "broken.csv"
+    broken.write_text("text,label\nfine,1\n\"unterminated,0\n")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(demo_app)
+    page.wait_for_selector("#run")
+    model_box = page.locator("#expert-1-model input")
+    model_box.fill(str(tmp_path / "wide"))
+    model_box.press("Enter")
+    page.wait_for_function("document.querySelector('#expert-1-status').innerText.includes('does not match')")
+    upload(page, "#expert-0-calibration", empty)
+    page.wait_for_function("document.querySelector('#samples-0-status').innerText.includes('no samples')")
+    upload(page, "#expert-2-evaluation", broken)
+    page.wait_for_function("document.querySelector('#samples-2-status').innerText.includes('broken.csv')")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "bad_input.png"), full_page=True)
+    assert "❌" in page.inner_text("#samples-2-status")
+    assert "❌" not in page.inner_text("#expert-0-status")  # each message sits next to its own cause
+    page.close()

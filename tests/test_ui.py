@@ -1,0 +1,170 @@
+"""The app's handlers as plain functions: form checks, config building, the background run, views, export."""
+
+import json
+import threading
+import zipfile
+
+import pytest
+
+from commerge_ui.cli import main as cli_main
+from commerge_ui.errors import InputError
+from commerge_ui.ui import handlers
+from commerge_ui.ui.form import ExpertForm, model_message, sample_preview
+from commerge_ui.ui.session import Sessions
+
+from conftest import make_base
+
+FAST = {"alpha": 0.9, "task_lambda": 0.3, "samples": 16, "max_length": 16}
+
+
+def experts_of(tiny, names=("task0", "task1")):
+    return [ExpertForm(n, str(tiny.experts[n]), str(tiny.calibration[n]), str(tiny.evaluation[n])) for n in names]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """One real run of the app's background merge on the tiny experts."""
+    sessions = Sessions(tmp_path_factory.mktemp("sessions"))
+    session = sessions.get("first")
+    config = handlers.build_config(str(tiny.base), experts_of(tiny), ["com", "regmean", "average"], **FAST)
+    updates = list(handlers.run_merge_events(session, config, "cpu", "float32"))
+    return sessions, session, updates
+
+
+def test_model_messages(tmp_path, tiny):
+    assert model_message(str(tiny.experts["task0"]), str(tiny.base)).startswith("✅")
+    assert "matches the base" in model_message(str(tiny.experts["task0"]), str(tiny.base))
+    make_base(tmp_path / "wide", hidden=48)
+    mismatch = model_message(str(tmp_path / "wide"), str(tiny.base))
+    assert mismatch.startswith("❌") and "does not match the base" in mismatch and "[48]" in mismatch
+    assert model_message(str(tmp_path / "none"), str(tiny.base)).startswith("❌")
+    assert model_message("", str(tiny.base)) == ""
+
+
+def test_sample_previews_and_their_errors(tmp_path, tiny):
+    rows, note = sample_preview(str(tiny.evaluation["task0"]), need_labels=True)
+    assert len(rows) == 5 and note == "✅ task0_eval.jsonl: 16 samples, 2 labels"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert sample_preview(str(empty), need_labels=False) == ([], "❌ empty.txt: no samples")
+    broken = tmp_path / "broken.csv"
+    broken.write_text("text,label\nfine,1\n,0\n")
+    rows, note = sample_preview(str(broken), need_labels=True)
+    assert rows == [] and note.startswith("❌ broken.csv:3:") and "text" in note
+    rows, note = sample_preview(str(tiny.calibration["task0"]), need_labels=True)
+    assert note.startswith("❌") and "no label" in note
+
+
+def test_form_becomes_a_config(tiny):
+    forms = experts_of(tiny) + [ExpertForm("", "", None, None)]
+    forms[1].name = "my task/../x"
+    config = handlers.build_config(str(tiny.base), forms, ["regmean", "com"], **FAST)
+    assert [e.name for e in config.experts] == ["task0", "my_task_.._x"]
+    assert config.methods == ["com", "regmean"]  # network-independent, registry order
+    assert config.options.calibration_samples == 16 and config.options.task_lambda == 0.3
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: setattr(f[0], "calibration", None), "expert 'task0': upload calibration samples"),
+    (lambda f: [setattr(e, "model", "") for e in f], "add at least one expert"),
+])
+def test_incomplete_forms_are_refused(tiny, change, message):
+    forms = experts_of(tiny)
+    change(forms)
+    with pytest.raises(InputError, match=message):
+        handlers.build_config(str(tiny.base), forms, ["com"], **FAST)
+    with pytest.raises(InputError, match="at least one method"):
+        handlers.build_config(str(tiny.base), experts_of(tiny), [], **FAST)
+
+
+def test_background_run_reports_progress_then_the_report(finished):
+    _, session, updates = finished
+    last = updates[-1]
+    assert last.error is None and last.report is not None
+    assert set(last.report.methods) == {"com", "regmean", "average"}
+    assert "done in" in last.html() and last.html().count("<progress") == 3
+    for name in ("report.json", "config.yaml", "samples/task0_calibration.jsonl", "com/config.json",
+                 "average/config.json"):
+        assert (session.run_folder / name).is_file(), name
+    assert not session.running
+
+
+def test_result_views_follow_the_toggles(finished):
+    _, _, updates = finished
+    report = handlers.report_dict(updates[-1])
+    views = handlers.result_views(report, ["mean"], "com", normalized=False)
+    assert [t.name for t in views.shift.data] == ["Chain of Merges (mean)", "RegMean (mean)", "Average (mean)"]
+    assert len(views.shift.data[0].y) == len(report["layers"])
+    views = handlers.result_views(report, ["task1"], "regmean", normalized=True)
+    assert [t.name for t in views.shift.data] == ["Chain of Merges · task1", "RegMean · task1", "Average · task1"]
+    assert list(views.heatmap.data[0].y) == ["task0", "task1"]
+    assert list(views.scores["model"]) == ["base", "experts", "Chain of Merges", "RegMean", "Average"]
+    assert list(views.scores.iloc[1, 1:]) == [1.0, 1.0, 1.0]  # experts normalized to themselves
+    assert len(views.bars.data) == 5 and list(views.costs["method"])[0] == "Chain of Merges"
+
+
+def test_exports_reproduce_the_run_with_the_cli(finished, tmp_path):
+    _, session, _ = finished
+    with zipfile.ZipFile(handlers.zip_model(session, "com")) as archive:
+        assert {"config.json", "model.safetensors", "README.md", "heads/task0/config.json"} <= set(archive.namelist())
+    with zipfile.ZipFile(handlers.zip_config_bundle(session)) as archive:
+        archive.extractall(tmp_path / "bundle")
+    assert cli_main(["merge", str(tmp_path / "bundle" / "config.yaml"), "--out", str(tmp_path / "again"),
+                     "--quiet"]) == 0
+    first = json.loads((session.run_folder / "report.json").read_text())
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["methods"]["com"]["scores"] == first["methods"]["com"]["scores"]
+    with pytest.raises(InputError, match="run a merge first"):
+        handlers.zip_model(session, "ties")
+
+
+def test_push_uses_the_token_once_and_names_the_model(finished):
+    from test_hub import StandInHub
+
+    _, session, _ = finished
+    hub = StandInHub()
+    assert handlers.push(session, "com", "me/merged", "hf_secret", True, api=hub).startswith("✅ pushed the Chain")
+    assert hub.calls[-1] == ("upload_folder", "me/merged", str(session.run_folder / "com"))
+    for path in session.folder.rglob("*"):
+        assert not path.is_file() or b"hf_secret" not in path.read_bytes()
+
+
+def test_cancel_keeps_the_previous_results(finished, tiny):
+    _, session, _ = finished
+    before = (session.run_folder / "report.json").read_text()
+    config = handlers.build_config(str(tiny.base), experts_of(tiny), ["com"], **FAST)
+    session.cancel = CancelAfter(polls=3)  # as if Cancel were pressed after the third layer group
+    last = list(handlers.run_merge_events(session, config, "cpu", "float32"))[-1]
+    assert last.report is None and last.error.startswith("Cancelled")
+    assert (session.run_folder / "report.json").read_text() == before
+    assert not [p for p in session.folder.iterdir() if "partial" in p.name]
+
+
+class CancelAfter(threading.Event):
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.polls = polls
+
+    def is_set(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+
+def test_bad_input_in_a_run_is_a_message(tmp_path, tiny):
+    make_base(tmp_path / "wide", hidden=48)
+    session = Sessions(tmp_path / "s").get("x")
+    forms = experts_of(tiny)
+    forms[1].model = str(tmp_path / "wide")
+    config = handlers.build_config(str(tiny.base), forms, ["com"], **FAST)
+    last = list(handlers.run_merge_events(session, config, "cpu", "float32"))[-1]
+    assert last.error.startswith("❌") and "does not match the base" in last.error
+    assert not session.run_folder.exists()
+
+
+def test_sessions_are_separate_and_closing_removes_files(tmp_path):
+    sessions = Sessions(tmp_path)
+    a, b = sessions.get("a"), sessions.get("b")
+    assert a.folder != b.folder and sessions.get("a") is a
+    (a.folder / "upload.txt").write_text("x")
+    sessions.close("a")
+    assert not a.folder.exists() and b.folder.exists() and len(sessions) == 1
