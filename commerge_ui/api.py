@@ -80,6 +80,9 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
         if is_unchanged(weights, prefix, base.weights, base.prefix, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
         calibration = read_samples(spec.calibration, options.calibration_samples, options.seed)
+        if len(calibration) < options.calibration_samples:
+            warnings.append(f"{who}: {len(calibration)} calibration samples, fewer than the "
+                            f"{options.calibration_samples} asked; all of them are used")
         evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed, need_labels=True)
                       if spec.evaluation else None)
         experts.append(Expert(spec.name, folder, ModelSource(weights, prefix), calibration, evaluation, spec.weight))

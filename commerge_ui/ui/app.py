@@ -126,7 +126,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
             model_file = gr.File(label="merged model (.zip)", interactive=False)
         with gr.Row():
             report_file = gr.File(label="report.json", interactive=False)
-            config_file = gr.File(label="config.yaml (the CLI accepts it as is)", interactive=False)
+            config_file = gr.File(label="config.yaml (its samples: in the zip beside it)", interactive=False)
             bundle_file = gr.File(label="config.yaml + samples (.zip)", interactive=False)
         with gr.Row():
             repo_id = gr.Textbox(label="Hub repo id", placeholder="your-name/merged-model")
