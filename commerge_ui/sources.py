@@ -55,26 +55,25 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
         OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError, SafetensorsParsingError,
     )
 
+    known = [  # most specific first: GatedRepoError is a RepositoryNotFoundError, and so on
+        (GatedRepoError, "gated repository; accept its terms on the Hub and give a token"),
+        (RepositoryNotFoundError, "no such model on the Hub (or it is private and no valid token was given)"),
+        (RevisionNotFoundError, f"revision '{revision}' not found"),
+        (LocalEntryNotFoundError, "not in the local cache and the Hub cannot be reached (offline?)"),
+        (EntryNotFoundError, "config.json or safetensors weights are missing on the Hub"),
+        (OfflineModeIsEnabled, "the Hub is switched off here (HF_HUB_OFFLINE) and the model is not cached"),
+        (NotASafetensorsRepoError, "has no safetensors weights (pickle-only repositories are refused)"),
+        (SafetensorsParsingError, "its safetensors header cannot be parsed (corrupt upload?)"),
+    ]
     try:
         yield
-    except GatedRepoError:
-        raise InputError(f"{repo_id}: gated repository; accept its terms on the Hub and give a token") from None
-    except RepositoryNotFoundError:
-        raise InputError(f"{repo_id}: no such model on the Hub (or it is private and no valid token was given)") from None
-    except RevisionNotFoundError:
-        raise InputError(f"{repo_id}: revision '{revision}' not found") from None
-    except LocalEntryNotFoundError:
-        raise InputError(f"{repo_id}: not in the local cache and the Hub cannot be reached (offline?)") from None
-    except EntryNotFoundError:
-        raise InputError(f"{repo_id}: config.json or safetensors weights are missing on the Hub") from None
-    except OfflineModeIsEnabled:
-        raise InputError(f"{repo_id}: the Hub is switched off here (HF_HUB_OFFLINE) and the model is not cached") from None
-    except NotASafetensorsRepoError:
-        raise InputError(f"{repo_id}: has no safetensors weights (pickle-only repositories are refused)") from None
-    except SafetensorsParsingError:
-        raise InputError(f"{repo_id}: its safetensors header cannot be parsed (corrupt upload?)") from None
-    except (HfHubHTTPError, OSError) as err:
-        raise InputError(f"{repo_id}: download failed ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})") from None
+    except Exception as err:
+        message = next((m for kind, m in known if isinstance(err, kind)), None)
+        if message is None and isinstance(err, (HfHubHTTPError, OSError)):
+            message = f"download failed ({err.__class__.__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+        if message is None:
+            raise
+        raise InputError(f"{repo_id}: {message}") from None
 
 
 def check_model_folder(folder: Path, ref: str | None = None) -> None:
