@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .api import run_merge  # heavy imports after argument parsing
 
-        config = load_config(args.config)
         if args.config.resolve().parent == DEMO_DIR:
             ensure_demo(log=printer.log)  # first use on this machine: fine-tune the demo's experts
+        config = load_config(args.config)
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:
             report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,

@@ -108,10 +108,13 @@ def load_config(path: str | Path) -> MergeConfig:
 
 
 def _resolve(ref: str | None, root: Path) -> str | None:
+    """Relative paths become absolute: always when written './x' or '../x' (never a Hub id), otherwise only
+    when they exist under `root` ('org/name' may be either)."""
     if ref is None or Path(ref).is_absolute():
         return ref
     candidate = root / ref
-    return str(candidate.resolve()) if candidate.exists() else ref
+    explicit = ref.startswith(("./", "../"))
+    return str(candidate.resolve()) if explicit or candidate.exists() else ref
 
 
 def _resolve_paths(config: MergeConfig, root: Path) -> MergeConfig:

@@ -27,7 +27,7 @@ def search_models(query: str, base: str | None = None, limit: int = 20, api=None
     if len(query) < 2:
         return []
     if api is None:
-        if constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT):
+        if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
             raise InputError(OFFLINE_MESSAGE)
         api = HfApi()
     found: list[str] = []
@@ -43,7 +43,7 @@ def search_models(query: str, base: str | None = None, limit: int = 20, api=None
 _REACHABLE: dict[str, tuple[float, bool]] = {}
 
 
-def _hub_reachable(endpoint: str, ttl: float = 60.0) -> bool:
+def hub_reachable(endpoint: str, ttl: float = 60.0) -> bool:
     """A 2-second TCP probe, remembered for a minute: the Hub client would retry for half a minute per
     keystroke when there is no network."""
     now = time.monotonic()

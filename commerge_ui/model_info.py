@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .families import guess_family
+from .hub import hub_reachable
 from .sources import SafetensorsWeights, check_model_folder, hub_errors, is_repo_id
 
 # Tensors that belong to a task head or a pooler: they may differ between experts and are not merged.
@@ -113,8 +114,10 @@ def _read_config(path: Path, ref: str) -> dict:
 
 
 def _hub_headers(repo_id: str, revision: str | None, token: str | None):
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
 
+    if not constants.HF_HUB_OFFLINE and not hub_reachable(constants.ENDPOINT):
+        raise InputError(f"{repo_id}: the Hub cannot be reached (offline?); local folders still work")
     with hub_errors(repo_id, revision):
         config_file = hf_hub_download(repo_id, "config.json", revision=revision, token=token or None)
         metadata = HfApi().get_safetensors_metadata(repo_id, revision=revision, token=token or None)

@@ -47,3 +47,12 @@ def test_unreadable_config_files(tmp_path, text, message):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(InputError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_explicit_relative_paths_resolve_even_before_they_exist(tmp_path):
+    from commerge_ui.config import load_config
+
+    (tmp_path / "c.yaml").write_text("base: ./models/base\nexperts:\n  - {name: a, model: org/name}\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert config.base == str(tmp_path / "models" / "base")  # a path, never mistaken for a Hub id
+    assert config.experts[0].model == "org/name"  # ambiguous and absent: left as a Hub id

@@ -168,3 +168,11 @@ def test_sessions_are_separate_and_closing_removes_files(tmp_path):
     (a.folder / "upload.txt").write_text("x")
     sessions.close("a")
     assert not a.folder.exists() and b.folder.exists() and len(sessions) == 1
+
+
+def test_demo_models_say_they_are_being_built(monkeypatch):
+    from commerge_ui.demo import DEMO_DIR
+    from commerge_ui.ui import form
+
+    monkeypatch.setattr(form, "is_built", lambda: False)
+    assert model_message(str(DEMO_DIR / "models" / "base")).startswith("⏳ the demo's models are being built")

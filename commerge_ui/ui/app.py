@@ -235,6 +235,12 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
         push_button.click(on_push, [export_method, repo_id, token, private], [push_note, token],
                           api_visibility="private")
 
+        def on_load(base_ref: str, *model_refs: str) -> list[str]:
+            # The demo may have finished building since the page was made: check the models again.
+            return [model_message(base_ref)] + [model_message(m, base_ref) if m else "" for m in model_refs]
+
+        app.load(on_load, [base, *models], [base_status, *model_notes], api_visibility="private")
+
         def on_close(request: gr.Request) -> None:
             sessions.close(request.session_hash)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import MergeConfig, parse_config
+from ..demo import DEMO_DIR, is_built
 from ..errors import InputError
 from ..model_info import ModelInfo, compare_to_base, inspect_model
 from ..samples import read_samples
@@ -22,6 +23,8 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     """One line about a model as soon as it is entered: what it is, and whether it fits the base."""
     if not ref or not ref.strip():
         return ""
+    if is_demo_model(ref) and not is_built():
+        return "⏳ the demo's models are being built (first start, a few minutes); Run waits for them"
     try:
         info = inspect_model(ref)
     except InputError as err:
@@ -33,6 +36,11 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     except InputError:
         return f"✅ {info.summary()} · (the base could not be read, so it is not compared yet)"
     return _fit_message(info, base)
+
+
+def is_demo_model(ref: str) -> bool:
+    path = Path(ref).expanduser()
+    return path.is_absolute() and path.resolve().is_relative_to(DEMO_DIR)
 
 
 def _fit_message(info: ModelInfo, base: ModelInfo) -> str:

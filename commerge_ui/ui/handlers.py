@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import MergeConfig, load_config
-from ..demo import DEMO_DIR, ensure_demo, is_built
+from ..demo import ensure_demo, is_built
 from ..errors import InputError
 from ..hub import push_folder, search_models
 from ..methods import METHODS
 from . import plots
-from .form import ExpertForm, form_config
+from .form import ExpertForm, form_config, is_demo_model
 from .session import RunProgress, Session, run_in_background
 
 MAX_EXPERTS = 8
@@ -65,8 +65,7 @@ def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: 
 
 
 def _uses_demo(config: MergeConfig) -> bool:
-    refs = [config.base, *(e.model for e in config.experts)]
-    return any(Path(r).resolve().is_relative_to(DEMO_DIR) for r in refs if not r.startswith(("http", "hf://")))
+    return any(is_demo_model(ref) for ref in [config.base, *(e.model for e in config.experts)])
 
 
 def build_config(base: str, experts: list[ExpertForm], methods: list[str], alpha: float, task_lambda: float,
