@@ -176,3 +176,20 @@ def test_demo_models_say_they_are_being_built(monkeypatch):
 
     monkeypatch.setattr(form, "is_built", lambda: False)
     assert model_message(str(DEMO_DIR / "models" / "base")).startswith("⏳ the demo's models are being built")
+
+
+def test_closing_the_page_mid_run_cancels_it_and_frees_the_folder(tmp_path, tiny):
+    sessions = Sessions(tmp_path)
+    session = sessions.get("leaving")
+
+    class CloseAfter(CancelAfter):
+        def is_set(self) -> bool:
+            if self.polls == 0:
+                sessions.close("leaving")  # what Gradio's unload event does when the tab closes
+            return super().is_set()
+
+    session.cancel = CloseAfter(polls=2)
+    config = handlers.build_config(str(tiny.base), experts_of(tiny), ["com"], **FAST)
+    last = list(handlers.run_merge_events(session, config, "cpu", "float32"))[-1]
+    assert last.error.startswith("Cancelled") and not session.running
+    assert not session.folder.exists() and len(sessions) == 0

@@ -145,24 +145,26 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
     session.cancel.clear()
 
     def work() -> None:
+        outcome: tuple[str, object] = ("error", "❌ the run stopped unexpectedly")
         try:
             with atomic_folder(session.run_folder, force=True) as partial:
                 report = run_merge(config, out_dir=partial, save=save, device=device, dtype=dtype, token=token,
                                    progress=lambda e: events.put(("event", e)),
                                    cancel=session.cancel.is_set, log=lambda m: events.put(("log", m)))
                 write_config_bundle(config, partial)
-            events.put(("report", report))
+            outcome = ("report", report)
         except Cancelled:
-            events.put(("error", "Cancelled: nothing was written; the previous results are kept."))
+            outcome = ("error", "Cancelled: nothing was written; the previous results are kept.")
         except InputError as err:
-            events.put(("error", f"❌ {err}"))
+            outcome = ("error", f"❌ {err}")
         except MergeError as err:
-            events.put(("error", f"❌ merge failed: {err}"))
+            outcome = ("error", f"❌ merge failed: {err}")
         except Exception as err:  # a bug or the environment: say what, keep the app up
-            events.put(("error", f"❌ unexpected {err.__class__.__name__}: {err}"))
-        finally:
+            outcome = ("error", f"❌ unexpected {err.__class__.__name__}: {err}")
+        finally:  # the session is free (and a closed one's files gone) before the page hears the outcome
             session.running = False
             session.remove_if_closed()
+            events.put(outcome)
 
     session.running = True
     worker = threading.Thread(target=work, name="commerge-run", daemon=True)
