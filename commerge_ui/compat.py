@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .errors import InputError
-from .sources import SafetensorsWeights
+from .sources import SafetensorsWeights, read_config_file
 
 
 def model_type(folder: Path) -> str:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("model_type", "?")
-    except (OSError, ValueError):
-        raise InputError(f"{folder}: config.json is not valid JSON") from None
+    return read_config_file(folder / "config.json").get("model_type", "?")
 
 
 def find_prefix(weights: SafetensorsWeights, names: list[str], candidates: list[str], who: str) -> str:

@@ -6,7 +6,6 @@ safetensors headers fetched by range requests, so a check costs kilobytes, not g
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from .errors import InputError
 from .families import guess_family
 from .hub import hub_reachable
-from .sources import SafetensorsWeights, check_model_folder, hub_errors, is_repo_id
+from .sources import SafetensorsWeights, check_model_folder, hub_errors, is_repo_id, read_config_file
 
 # Tensors that belong to a task head or a pooler: they may differ between experts and are not merged.
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "lm_head", "cls", "pooler", "qa_outputs",
@@ -51,7 +50,7 @@ def inspect_model(ref: str, revision: str | None = None, token: str | None = Non
         if not path.is_dir():
             raise InputError(f"{ref}: expected a model folder (config.json + *.safetensors), got a file")
         check_model_folder(path, ref)
-        config = _read_config(path / "config.json", ref)
+        config = read_config_file(path / "config.json", ref)
         weights = SafetensorsWeights(path)
         shapes = {name: weights.shape(name) for name in weights.names()}
     elif is_repo_id(ref):
@@ -103,16 +102,6 @@ def _strip(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, str]:
     return {name[len(prefix):]: name for name in shapes if name.startswith(prefix)}
 
 
-def _read_config(path: Path, ref: str) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise InputError(f"{ref}: config.json is not valid JSON") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{ref}: config.json is not a JSON object")
-    return config
-
-
 def _hub_headers(repo_id: str, revision: str | None, token: str | None):
     from huggingface_hub import HfApi, constants, hf_hub_download
 
@@ -123,7 +112,7 @@ def _hub_headers(repo_id: str, revision: str | None, token: str | None):
         metadata = HfApi().get_safetensors_metadata(repo_id, revision=revision, token=token or None)
     shapes = {name: tuple(info.shape) for file in metadata.files_metadata.values()
               for name, info in file.tensors.items()}
-    return _read_config(Path(config_file), repo_id), shapes
+    return read_config_file(Path(config_file), repo_id), shapes
 
 
 def _count(n: int) -> str:

@@ -76,6 +76,18 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
         raise InputError(f"{repo_id}: {message}") from None
 
 
+def read_config_file(path: Path, ref: str | None = None) -> dict:
+    """A model's config.json as a dict, or an InputError naming the model."""
+    name = ref or str(path.parent)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(f"{name}: config.json is missing or not valid JSON") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{name}: config.json is not a JSON object")
+    return config
+
+
 def check_model_folder(folder: Path, ref: str | None = None) -> None:
     """Refuse folders without a config or without safetensors weights (pickle is never loaded)."""
     name = ref or str(folder)

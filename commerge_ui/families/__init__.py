@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..sources import read_config_file
 from .base import EncodedSamples, Family
 from .text_classification import TextClassification
 
@@ -15,14 +15,7 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deb
 
 def detect_family(folder: Path, requested: str = "auto") -> Family:
     """The family named in the config, or the one the model's config.json implies."""
-    if requested == "auto":
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError):
-            raise InputError(f"{folder}: config.json is missing or not valid JSON") from None
-        name = guess_family(config)
-    else:
-        name = requested
+    name = guess_family(read_config_file(folder / "config.json")) if requested == "auto" else requested
     if name == "text-classification":
         return TextClassification()
     if name in ("image-classification", "causal-lm"):

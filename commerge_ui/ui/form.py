@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ..config import MergeConfig, parse_config
@@ -14,9 +15,24 @@ from ..demo import DEMO_DIR, is_built
 from ..errors import InputError
 from ..model_info import ModelInfo, compare_to_base, inspect_model
 from ..samples import read_samples
+from ..sources import is_repo_id
 
 PREVIEW_ROWS = 5
 _SAFE_NAME = re.compile(r"[^\w.\-]+")
+
+
+@lru_cache(maxsize=64)
+def _inspect_hub(ref: str) -> ModelInfo:
+    return inspect_model(ref)
+
+
+def _inspect(ref: str) -> ModelInfo:
+    """Hub models are read once per process (each expert's check compares against the same base);
+    local folders are read again each time, since they may change (the demo is built at first start)."""
+    ref = ref.strip()
+    if is_repo_id(ref) and not Path(ref).expanduser().exists():
+        return _inspect_hub(ref)
+    return inspect_model(ref)
 
 
 def model_message(ref: str | None, base_ref: str | None = None) -> str:
@@ -26,13 +42,13 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     if is_demo_model(ref) and not is_built():
         return "⏳ the demo's models are being built (first start, a few minutes); Run waits for them"
     try:
-        info = inspect_model(ref)
+        info = _inspect(ref)
     except InputError as err:
         return f"❌ {err}"
     if not base_ref or not base_ref.strip() or base_ref.strip() == ref.strip():
         return f"✅ {info.summary()}"
     try:
-        base = inspect_model(base_ref)
+        base = _inspect(base_ref)
     except InputError:
         return f"✅ {info.summary()} · (the base could not be read, so it is not compared yet)"
     return _fit_message(info, base)

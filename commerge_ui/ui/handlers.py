@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,37 +110,38 @@ def report_dict(progress: RunProgress) -> dict:
     return json.loads(json.dumps(asdict(progress.report)))
 
 
-def zip_model(session: Session, method: str | None) -> str:
-    """A zip of the merged model folder the run saved for `method` (as the CLI writes it)."""
+def _merged_folder(session: Session, method: str | None) -> Path:
     folder = session.run_folder / (method or "")
     if not method or not (folder / "config.json").is_file():
         raise InputError("run a merge first, then choose one of its methods")
+    return folder
+
+
+def _downloads(session: Session) -> Path:
     downloads = session.folder / "downloads"
     downloads.mkdir(exist_ok=True)
-    archive = shutil.make_archive(str(downloads / f"merged-{method}"), "zip", root_dir=folder)
-    return archive
+    return downloads
+
+
+def zip_model(session: Session, method: str | None) -> str:
+    """A zip of the merged model folder the run saved for `method` (as the CLI writes it)."""
+    folder = _merged_folder(session, method)
+    return shutil.make_archive(str(_downloads(session) / f"merged-{method}"), "zip", root_dir=folder)
 
 
 def zip_config_bundle(session: Session) -> str:
     """config.yaml and the sample files it names, zipped: `commerge merge config.yaml` reproduces the run."""
-    if not (session.run_folder / "config.yaml").is_file():
+    run = session.run_folder
+    if not (run / "config.yaml").is_file():
         raise InputError("run a merge first")
-    downloads = session.folder / "downloads"
-    downloads.mkdir(exist_ok=True)
-    staging = downloads / "config-bundle"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    shutil.copy(session.run_folder / "config.yaml", staging)
-    shutil.copytree(session.run_folder / "samples", staging / "samples")
-    archive = shutil.make_archive(str(downloads / "config-bundle"), "zip", root_dir=staging)
-    shutil.rmtree(staging)
-    return archive
+    archive = _downloads(session) / "config-bundle.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in [run / "config.yaml", *sorted((run / "samples").iterdir())]:
+            bundle.write(path, path.relative_to(run).as_posix())
+    return str(archive)
 
 
 def push(session: Session, method: str | None, repo_id: str, token: str, private: bool, api=None) -> str:
     """Push the chosen merged model to the Hub; the token is used for this call only."""
-    folder = session.run_folder / (method or "")
-    if not method or not (folder / "config.json").is_file():
-        raise InputError("run a merge first, then choose one of its methods")
-    url = push_folder(folder, repo_id, token, private, api=api)
+    url = push_folder(_merged_folder(session, method), repo_id, token, private, api=api)
     return f"✅ pushed the {plots.title_of(method)} model to {url}"

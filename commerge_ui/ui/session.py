@@ -85,7 +85,7 @@ class RunProgress:
 
     methods: list[str]
     stage: str = "starting"
-    per_method: dict[str, MethodProgress] = field(default_factory=dict)
+    per_method: dict[str, MethodProgress] = field(init=False)
     report: Report | None = None
     error: str | None = None
 
