@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .compat import check_expert, find_prefix, is_unchanged
+from .compat import check_expert, find_source, is_unchanged
 from .config import MergeConfig
-from .engine import EngineTask, ModelSource, ProgressEvent, merge
+from .engine import EngineTask, ProgressEvent, merge
 from .errors import InputError, MergeError
 from .export import model_card
 from .families import Family, detect_family
@@ -19,7 +19,7 @@ from .methods import METHODS
 from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
 from .samples import Sample, read_samples
-from .sources import SafetensorsWeights, resolve_model
+from .sources import ModelSource, SafetensorsWeights, resolve_model
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Expert:
     calibration: list[Sample]
     evaluation: list[Sample] | None
     weight: float
+    labels: list[str] | None  # class names, where the family builds its heads from them
 
 
 def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] | None = None,
@@ -58,40 +59,41 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
 
     say(f"resolving base {config.base}")
     base_folder = resolve_model(config.base, token=token)
-    family = detect_family(base_folder, config.family)
+    family = detect_family(base_folder, config.family, options.prompt_templates)
     processor = family.load_processor(base_folder)
     backbone = family.load_backbone(base_folder, torch_dtype, torch_device)
     block_path, _ = family.blocks(backbone)
     expected = {n: tuple(p.shape) for n, p in backbone.named_parameters()}
     names = list(expected)
-    prefixes = ["", f"{backbone.base_model_prefix}."]
-    base_weights = SafetensorsWeights(base_folder)
-    base = ModelSource(base_weights, find_prefix(base_weights, names, prefixes, f"base {config.base}"))
+    wrapper = f"{backbone.base_model_prefix}."
+    base = find_source(SafetensorsWeights(base_folder), names, wrapper, f"base {config.base}")
 
     experts, warnings = [], []
     for spec in config.experts:
         who = f"expert '{spec.name}' ({spec.model})"
         say(f"resolving {who}")
         folder = resolve_model(spec.model, spec.revision, token)
-        weights = SafetensorsWeights(folder)
-        prefix = find_prefix(weights, names, prefixes, who)
-        check_expert(who, folder, weights, prefix, expected, base_folder)
+        source = find_source(SafetensorsWeights(folder), names, wrapper, who)
+        source.fallback = base
+        check_expert(who, folder, source, expected, base_folder, family)
         probe = [n for n in names if n.startswith(f"{block_path}.0.")]
-        if is_unchanged(weights, prefix, base.weights, base.prefix, probe):
+        if is_unchanged(source, base, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
         calibration = read_samples(spec.calibration, options.calibration_samples, options.seed)
         if len(calibration) < options.calibration_samples:
             warnings.append(f"{who}: {len(calibration)} calibration samples, fewer than the "
                             f"{options.calibration_samples} asked; all of them are used")
-        evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed, need_labels=True)
+        evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed,
+                                   need_labels=family.needs_labels)
                       if spec.evaluation else None)
-        experts.append(Expert(spec.name, folder, ModelSource(weights, prefix), calibration, evaluation, spec.weight))
+        experts.append(Expert(spec.name, folder, source, calibration, evaluation, spec.weight,
+                              spec.labels or _label_names(evaluation)))
 
     def score(task: Expert, with_backbone: bool) -> float | None:
         if task.evaluation is None:
             return None
-        return family.score(backbone if with_backbone else None, task.folder, processor, task.evaluation,
-                            options.batch_size)
+        return family.score(backbone if with_backbone else None, task.source, processor, task.evaluation,
+                            options.batch_size, task.labels)
 
     say("scoring the experts and the base")
     expert_scores = {e.name: score(e, with_backbone=False) for e in experts}
@@ -135,6 +137,13 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
     return report
 
 
+def _label_names(samples: list[Sample] | None) -> list[str] | None:
+    """Class names taken from the evaluation labels when they are names (CLIP builds its heads from them)."""
+    if not samples or not all(isinstance(s.label, str) for s in samples):
+        return None
+    return sorted({str(s.label) for s in samples})
+
+
 def _encode_calibration(family: Family, processor, experts: list[Expert], max_length: int):
     """All tasks' calibration samples in one padded batch; each task gets its own row range."""
     samples, tasks, start = [], [], 0
@@ -150,7 +159,7 @@ def _save_model(family: Family, backbone: torch.nn.Module, processor, config: Me
     backbone.save_pretrained(folder, max_shard_size="2GB", safe_serialization=True)
     processor.save_pretrained(folder)
     for e in experts:
-        family.save_task_head(e.folder, e.source.prefix, folder / "heads" / e.name)
+        family.save_task_head(e.source, folder / "heads" / e.name, e.labels)
     card = model_card(config.base, {e.name: e.model for e in config.experts},
                       method, METHODS[method].title, config.options.model_dump(by_alias=True),
                       result.scores, result.normalized, family.metric)

@@ -52,6 +52,16 @@ class MergeOptions(BaseModel):
     normalize: Literal["tokens", "trace", "none"] = "tokens"
     bias: Literal["regress", "average"] = "regress"
     gram_dtype: Literal["float32", "float64"] = "float32"
+    prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
+                                        description="CLIP zero-shot prompts; '{}' is the class name")
+
+    @field_validator("prompt_templates")
+    @classmethod
+    def _has_slot(cls, templates: list[str]) -> list[str]:
+        missing = [t for t in templates if "{}" not in t]
+        if missing:
+            raise ValueError(f"each template needs '{{}}' for the class name: {missing[0]!r}")
+        return templates
 
 
 class MergeConfig(BaseModel):

@@ -27,18 +27,7 @@ from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, line
 from .methods import Method
 from .resources import PeakMemory
 from .solve import augment, com_terms, regmean_terms, solve_group, task_scale
-from .sources import SafetensorsWeights
-
-
-@dataclass
-class ModelSource:
-    """A model's tensors on disk and the prefix its backbone tensors carry there (e.g. 'bert.')."""
-
-    weights: SafetensorsWeights
-    prefix: str
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.weights.get(self.prefix + name)
+from .sources import ModelSource
 
 
 @dataclass

@@ -41,10 +41,12 @@ class LayerGroup:
 def find_layer_groups(block: nn.Module, run: Callable[[], object]) -> list[LayerGroup]:
     """Run the block once (`run`) and group its linear layers by the tensor they read, in call order."""
     order: list[tuple[str, tuple]] = []
+    alive: list[torch.Tensor] = []  # a freed input's memory could be reused by a later one with the same key
 
     def recorder(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
+            alive.append(x)
             order.append((name, (x.data_ptr(), tuple(x.shape), x.stride())))
         return hook
 

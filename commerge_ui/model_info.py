@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .families import guess_family
+from .families import guess_family, same_architecture
 from .hub import hub_reachable
 from .sources import SafetensorsWeights, check_model_folder, hub_errors, is_repo_id, read_config_file
 
@@ -21,6 +21,8 @@ HEAD_NAMES = ("classifier", "pre_classifier", "score", "lm_head", "cls", "pooler
               "logit_scale", "text_projection", "visual_projection")
 # Buffers some checkpoints store and others rebuild at load time.
 BUFFER_SUFFIXES = ("position_ids", "num_batches_tracked", "rotary_emb.inv_freq")
+# Parts of the base that experts may lack because they are not merged (CLIP experts are vision towers).
+UNMERGED_PARTS = {"image-classification": ("text_model",)}
 
 
 @dataclass
@@ -63,12 +65,15 @@ def inspect_model(ref: str, revision: str | None = None, token: str | None = Non
 
 def compare_to_base(base: ModelInfo, expert: ModelInfo, limit: int = 3) -> list[str]:
     """Why `expert` cannot be merged into `base` (empty when it can): architecture, then the first tensors."""
-    if expert.model_type != base.model_type:
+    if not same_architecture(expert.model_type, base.model_type):
         return [f"architecture '{expert.model_type}' differs from the base's '{base.model_type}'"]
+    if base.family == "image-classification" and base.model_type != "clip":
+        return ["the base must be a full CLIP model: its text tower builds the zero-shot heads"]
     base_names, expert_names = _align(base.shapes, expert.shapes)
+    skipped = HEAD_NAMES + UNMERGED_PARTS.get(base.family, ())
     problems = []
     for name, full in base_names.items():
-        if name.split(".", 1)[0] in HEAD_NAMES or name.endswith(BUFFER_SUFFIXES):
+        if full.split(".", 1)[0] in skipped or name.split(".", 1)[0] in skipped or name.endswith(BUFFER_SUFFIXES):
             continue
         if name not in expert_names:
             problems.append(f"'{name}' is missing")

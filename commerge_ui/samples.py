@@ -1,4 +1,5 @@
-"""Calibration and evaluation samples: .jsonl, .csv or .txt files (design.md §8)."""
+"""Calibration and evaluation samples (design.md §8): .jsonl/.csv (a `text` or `image` column, optional
+`label`), .txt (one text per line), or images in a folder or .zip in class-subfolder layout."""
 
 from __future__ import annotations
 
@@ -6,64 +7,95 @@ import csv
 import io
 import json
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .images import ImageRef, folder_images, image_file, zip_images
 
 MAX_SAMPLE_FILE_BYTES = 200 * 1024 * 1024
 TEXT_SUFFIXES = (".jsonl", ".csv", ".txt")
+FORMATS = ".jsonl, .csv, .txt, .zip or a folder of images"
 
 
 @dataclass(frozen=True)
 class Sample:
-    text: str
+    text: str = ""
     label: str | int | None = None
+    image: bytes | None = None  # an encoded image file (PNG, JPEG, ...), checked to decode
+
+    @property
+    def is_image(self) -> bool:
+        return self.image is not None
 
 
 def read_samples(path: str | Path, limit: int | None = None, seed: int = 0, need_labels: bool = False) -> list[Sample]:
-    """Read samples from a file; with `limit`, a seeded random subset of that size (order kept)."""
+    """Read samples from a file or folder; with `limit`, a seeded random subset of that size (order kept).
+
+    Images are listed first and only the chosen ones are read and checked.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: sample file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: expected a .jsonl, .csv or .txt file, got a folder")
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        raise InputError(f"{path}: unsupported sample format '{path.suffix}' (use .jsonl, .csv or .txt)")
-    if path.stat().st_size > MAX_SAMPLE_FILE_BYTES:
-        raise InputError(f"{path}: file is larger than {MAX_SAMPLE_FILE_BYTES // 2**20} MiB")
+    with ExitStack() as stack:
+        if path.is_dir():
+            entries: list[Sample | ImageRef] = list(folder_images(path))
+            if not entries:
+                raise InputError(f"{path}: no images in this folder (expected class subfolders of .png/.jpg files)")
+        else:
+            suffix = path.suffix.lower()
+            if suffix not in (*TEXT_SUFFIXES, ".zip"):
+                raise InputError(f"{path}: unsupported sample format '{path.suffix}' (use {FORMATS})")
+            if path.stat().st_size > MAX_SAMPLE_FILE_BYTES:
+                raise InputError(f"{path}: file is larger than {MAX_SAMPLE_FILE_BYTES // 2**20} MiB")
+            if suffix == ".zip":
+                entries = list(stack.enter_context(zip_images(path)))
+            else:
+                entries = _parse_entries(_read_text(path), suffix, str(path), path.parent)
+        if not entries:
+            raise InputError(f"{path}: no samples")
+        if need_labels:
+            unlabelled = next((i for i, s in enumerate(entries) if s.label is None), None)
+            if unlabelled is not None:
+                raise InputError(f"{path}: sample {unlabelled + 1} has no label (evaluation samples need a 'label', "
+                                 "or class subfolders for images)")
+        if limit is not None and len(entries) > limit:
+            keep = sorted(random.Random(seed).sample(range(len(entries)), limit))
+            entries = [entries[i] for i in keep]
+        return [_loaded(e) for e in entries]
+
+
+def parse_samples(text: str, suffix: str, source: str, root: Path | None = None) -> list[Sample]:
+    """Parse the contents of a sample file; `source` names it in messages, `root` anchors relative image paths."""
+    return [_loaded(e) for e in _parse_entries(text, suffix, source, root or Path.cwd())]
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    samples = parse_samples(text, path.suffix.lower(), str(path))
-    if not samples:
-        raise InputError(f"{path}: no samples")
-    if need_labels:
-        unlabelled = next((i for i, s in enumerate(samples) if s.label is None), None)
-        if unlabelled is not None:
-            raise InputError(f"{path}: sample {unlabelled + 1} has no label (evaluation samples need a 'label')")
-    if limit is not None and len(samples) > limit:
-        keep = sorted(random.Random(seed).sample(range(len(samples)), limit))
-        samples = [samples[i] for i in keep]
-    return samples
 
 
-def parse_samples(text: str, suffix: str, source: str) -> list[Sample]:
-    """Parse the contents of a sample file; `source` names it in error messages."""
+def _loaded(entry: Sample | ImageRef) -> Sample:
+    return Sample(label=entry.label, image=entry.read()) if isinstance(entry, ImageRef) else entry
+
+
+def _parse_entries(text: str, suffix: str, source: str, root: Path) -> list[Sample | ImageRef]:
     if "\x00" in text:
         raise InputError(f"{source}: binary data, not text")
     if suffix == ".txt":
         return [Sample(line.strip()) for line in text.splitlines() if line.strip()]
     if suffix == ".jsonl":
-        return [_from_record(_json_line(line, n, source), f"{source}:{n}")
+        return [_from_record(_json_line(line, n, source), f"{source}:{n}", root)
                 for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if suffix == ".csv":
         try:
             rows = list(csv.DictReader(io.StringIO(text)))
         except csv.Error as err:
             raise InputError(f"{source}: malformed CSV ({err})") from None
-        return [_from_record(row, f"{source}:{n}") for n, row in enumerate(rows, 2)]
+        return [_from_record(row, f"{source}:{n}", root) for n, row in enumerate(rows, 2)]
     raise InputError(f"{source}: unsupported sample format '{suffix}'")
 
 
@@ -74,17 +106,23 @@ def _json_line(line: str, number: int, source: str) -> object:
         raise InputError(f"{source}:{number}: not valid JSON ({err.msg})") from None
 
 
-def _from_record(record: object, where: str) -> Sample:
+def _from_record(record: object, where: str, root: Path) -> Sample | ImageRef:
     if not isinstance(record, dict):
-        raise InputError(f"{where}: expected an object with a 'text' field")
-    text = record.get("text")
+        raise InputError(f"{where}: expected an object with a 'text' or 'image' field")
+    text, image = record.get("text"), record.get("image")
+    label = _label(record.get("label"), where)
+    if isinstance(image, str) and image.strip() and not (isinstance(text, str) and text.strip()):
+        return image_file(root / image.strip(), label, f"{where}: {image.strip()}")
     if not isinstance(text, str) or not text.strip():
         columns = ", ".join(str(k) for k in record) or "none"
-        raise InputError(f"{where}: expected a non-empty 'text' field (columns found: {columns})")
-    label = record.get("label")
+        raise InputError(f"{where}: expected a non-empty 'text' or 'image' field (columns found: {columns})")
+    return Sample(text.strip(), label)
+
+
+def _label(label: object, where: str) -> str | int | None:
     if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int))):
         raise InputError(f"{where}: 'label' must be a string or an integer")
     if isinstance(label, str):
         label = label.strip()
         label = int(label) if label.lstrip("-").isdigit() else (label or None)
-    return Sample(text.strip(), label)
+    return label  # type: ignore[return-value]

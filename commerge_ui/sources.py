@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -145,3 +146,29 @@ class SafetensorsWeights:
             return self._open(self.file_of[name]).get_tensor(name)
         except (SafetensorError, OSError) as err:
             raise InputError(f"{self.file_of[name]}: cannot read tensor '{name}' ({err})") from None
+
+
+@dataclass
+class ModelSource:
+    """A model's backbone tensors on disk, under the names the backbone gives them.
+
+    Files may wrap the backbone ('bert.encoder...': `prefix`) or leave out its outer name ('h.0...' for
+    GPT-2's 'transformer.h.0...': `strip`). Tensors a model may omit (a CLIP vision-only expert has no
+    projection) come from `fallback`, the base.
+    """
+
+    weights: SafetensorsWeights
+    prefix: str = ""
+    strip: str = ""
+    fallback: ModelSource | None = None
+
+    def key(self, name: str) -> str:
+        return self.prefix + name.removeprefix(self.strip)
+
+    def has(self, name: str) -> bool:
+        return self.key(name) in self.weights.file_of
+
+    def get(self, name: str) -> torch.Tensor:
+        if self.fallback is not None and not self.has(name):
+            return self.fallback.get(name)
+        return self.weights.get(self.key(name))

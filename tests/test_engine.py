@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from commerge_ui.config import MergeOptions
-from commerge_ui.engine import EngineTask, ModelSource, merge
+from commerge_ui.engine import EngineTask, merge
+from commerge_ui.sources import ModelSource
 from commerge_ui.errors import Cancelled
 from commerge_ui.families import EncodedSamples
 from commerge_ui.families.text_classification import TextClassification
@@ -24,11 +25,11 @@ def prepare(setup, names=None, options=None):
     options = options or MergeOptions(calibration_samples=24, max_length=16)
     processor = FAMILY.load_processor(setup.base)
     backbone = FAMILY.load_backbone(setup.base, torch.float32, torch.device("cpu"))
-    base = ModelSource(SafetensorsWeights(setup.base), "")
+    base = ModelSource(SafetensorsWeights(setup.base))
     samples, tasks = [], []
     for name in names:
         rows = read_samples(setup.calibration[name], options.calibration_samples)
-        tasks.append(EngineTask(name, ModelSource(SafetensorsWeights(setup.experts[name]), "bert."),
+        tasks.append(EngineTask(name, ModelSource(SafetensorsWeights(setup.experts[name]), prefix="bert."),
                                 slice(len(samples), len(samples) + len(rows))))
         samples += rows
     return backbone, base, tasks, FAMILY.encode(processor, samples, options.max_length), options

@@ -26,10 +26,10 @@ def test_limit_is_a_seeded_subset_in_order(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("e.jsonl", "", "no samples"),
-    ("e.jsonl", '{"txt": "x"}\n', r"e.jsonl:1: expected a non-empty 'text' field \(columns found: txt\)"),
+    ("e.jsonl", '{"txt": "x"}\n', r"e.jsonl:1: expected a non-empty 'text' or 'image' field \(columns found: txt\)"),
     ("e.jsonl", '{"text": "x"}\n{oops\n', r"e.jsonl:2: not valid JSON"),
     ("e.jsonl", '["x"]\n', "expected an object"),
-    ("e.csv", "sentence,label\nhi,1\n", r"e.csv:2: expected a non-empty 'text' field \(columns found: sentence, label\)"),
+    ("e.csv", "sentence,label\nhi,1\n", r"e.csv:2: expected a non-empty 'text' or 'image' field \(columns found: sentence, label\)"),
     ("e.txt", "a\x00b", "binary data"),
     ("e.parquet", "x", "unsupported sample format"),
     ("e.jsonl", '{"text": "x", "label": [1]}\n', "'label' must be a string or an integer"),

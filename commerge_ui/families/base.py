@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
+from transformers.utils import logging as transformers_logging
 
 from ..samples import Sample
+from ..sources import ModelSource
+
+
+CLIP_TYPES = ("clip", "clip_vision_model")
+
+
+def same_architecture(expert_type: str, base_type: str) -> bool:
+    """Whether an expert's model_type can be merged into the base's (a CLIP vision tower into a full CLIP)."""
+    return expert_type == base_type or {expert_type, base_type} <= set(CLIP_TYPES)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers while it loads part of a checkpoint (its report lists every tensor left out)."""
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 @dataclass
@@ -27,6 +50,11 @@ class Family(Protocol):
     name: str
     metric: str
     higher_is_better: bool
+    part: str  # what is merged, in words ("encoder", "vision tower", "decoder")
+    needs_labels: bool  # evaluation samples must carry labels
+
+    def may_omit(self, name: str) -> bool:
+        """Backbone tensors an expert may leave out of its files; the base's are used instead."""
 
     def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """The part of the base model that is merged (blocks plus embeddings), ready for inference."""
@@ -46,9 +74,9 @@ class Family(Protocol):
     def is_task_specific(self, name: str) -> bool:
         """Backbone tensors kept per task with the head (never merged), e.g. BERT's pooler."""
 
-    def score(self, backbone: nn.Module | None, expert_folder: Path, processor, samples: list[Sample],
-              batch_size: int) -> float:
-        """Task score on labelled samples of the expert's head on `backbone` (the expert itself when None)."""
+    def score(self, backbone: nn.Module | None, expert: ModelSource, processor, samples: list[Sample],
+              batch_size: int, class_names: list[str] | None = None) -> float:
+        """Task score on evaluation samples with the expert's head on `backbone` (the expert itself when None)."""
 
-    def save_task_head(self, expert_folder: Path, prefix: str, out_dir: Path) -> None:
+    def save_task_head(self, expert: ModelSource, out_dir: Path, class_names: list[str] | None = None) -> None:
         """Write what a merged backbone needs to serve this expert's task (head weights, config)."""

@@ -12,7 +12,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
 from ..samples import Sample
-from ..sources import SafetensorsWeights
+from ..sources import ModelSource
 from .base import EncodedSamples
 
 # The pooler sits after the merged encoder and is fine-tuned with the classifier, so it travels with the head.
@@ -25,6 +25,8 @@ class TextClassification:
     name = "text-classification"
     metric = "accuracy"
     higher_is_better = True
+    part = "encoder"
+    needs_labels = True
 
     def __init__(self) -> None:
         self._classifier_of: tuple[Path, nn.Module] | None = None  # one at a time bounds memory
@@ -51,6 +53,9 @@ class TextClassification:
     def is_task_specific(self, name: str) -> bool:
         return name.startswith(TASK_SPECIFIC_PREFIXES)
 
+    def may_omit(self, name: str) -> bool:
+        return False
+
     def _classifier(self, expert_folder: Path, fresh: bool) -> nn.Module:
         """The expert's classifier; `fresh` reloads it so that its own encoder is in place."""
         if fresh or self._classifier_of is None or self._classifier_of[0] != expert_folder:
@@ -59,8 +64,9 @@ class TextClassification:
             self._classifier_of = (expert_folder, model.eval())
         return self._classifier_of[1]
 
-    def score(self, backbone: nn.Module | None, expert_folder: Path, processor, samples: list[Sample],
-              batch_size: int) -> float:
+    def score(self, backbone: nn.Module | None, expert: ModelSource, processor, samples: list[Sample],
+              batch_size: int, class_names: list[str] | None = None) -> float:
+        expert_folder = expert.weights.folder
         classifier = self._classifier(expert_folder, fresh=backbone is None)
         if backbone is not None:
             param = next(backbone.parameters())
@@ -77,16 +83,15 @@ class TextClassification:
                 correct += int((logits.argmax(-1).cpu() == labels[start:start + batch_size]).sum())
         return correct / len(samples)
 
-    def save_task_head(self, expert_folder: Path, prefix: str, out_dir: Path) -> None:
-        weights = SafetensorsWeights(expert_folder)
+    def save_task_head(self, expert: ModelSource, out_dir: Path, class_names: list[str] | None = None) -> None:
         head = {}
-        for name in weights.names():
-            inside = name[len(prefix):] if name.startswith(prefix) else None
+        for name in expert.weights.names():
+            inside = name[len(expert.prefix):] if name.startswith(expert.prefix) else None
             if inside is None or self.is_task_specific(inside):
-                head[name] = weights.get(name).contiguous()
+                head[name] = expert.weights.get(name).contiguous()
         out_dir.mkdir(parents=True)
         save_file(head, str(out_dir / "head.safetensors"))
-        AutoConfig.from_pretrained(expert_folder).save_pretrained(out_dir)
+        AutoConfig.from_pretrained(expert.weights.folder).save_pretrained(out_dir)
 
 
 def label_index(label: str | int | None, config, source: Path) -> int:
