@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import uuid
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .config import MergeConfig, config_to_yaml
 from .errors import InputError
+from .samples import Sample, read_samples
 
 
 @contextmanager
@@ -36,8 +39,9 @@ def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
 
 
 def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
-    """config.yaml plus copies of the sample files it names, under samples/, so that
-    `commerge merge config.yaml` reproduces the run from that folder on any machine."""
+    """config.yaml plus copies of the sample files and folders it names, under samples/, so that
+    `commerge merge config.yaml` reproduces the run from that folder on any machine. A .jsonl/.csv that names
+    image files becomes a .zip of those images in class-subfolder layout."""
     samples = folder / "samples"
     samples.mkdir(parents=True, exist_ok=True)
     experts = []
@@ -47,12 +51,42 @@ def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
             source = getattr(expert, kind)
             if source:
                 copy = samples / f"{expert.name}_{kind}{Path(source).suffix.lower()}"
-                shutil.copyfile(source, copy)
+                named = _named_images(Path(source))
+                if Path(source).is_dir():  # an image folder in class-subfolder layout
+                    shutil.copytree(source, copy)
+                elif named:  # the images a .jsonl/.csv points to would not travel with it
+                    copy = copy.with_suffix(".zip")
+                    _zip_images(named, copy)
+                else:
+                    shutil.copyfile(source, copy)
                 update[kind] = f"samples/{copy.name}"
         experts.append(expert.model_copy(update=update))
     path = folder / "config.yaml"
     path.write_text(config_to_yaml(config.model_copy(update={"experts": experts})), encoding="utf-8")
     return path
+
+
+def _named_images(source: Path) -> list[Sample]:
+    """The image samples a .jsonl/.csv names (empty for text samples and other formats)."""
+    if source.suffix.lower() not in (".jsonl", ".csv"):
+        return []
+    samples = read_samples(source)
+    return samples if any(s.is_image for s in samples) else []
+
+
+def _zip_images(samples: list[Sample], archive: Path) -> None:
+    """A .zip in class-subfolder layout (one folder per label) that read_samples reads back the same."""
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for index, sample in enumerate(samples):
+            folder = "" if sample.label is None else f"{sample.label}/"
+            bundle.writestr(f"{folder}{index:06d}.{_image_suffix(sample.image)}", sample.image or b"")
+
+
+def _image_suffix(data: bytes | None) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data or b"")) as image:
+        return (image.format or "png").lower()
 
 
 def model_card(base: str, experts: dict[str, str], method: str, title: str, options: dict,

@@ -73,7 +73,7 @@ def folder_images(folder: Path) -> list[ImageRef]:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             relative = path.relative_to(folder)
-            label = relative.parts[0] if len(relative.parts) > 1 else None
+            label = _class_label(relative.parts[0]) if len(relative.parts) > 1 else None
             refs.append(image_file(path, label))
     return refs
 
@@ -111,9 +111,14 @@ def _archive_images(archive: zipfile.ZipFile, path: Path) -> list[ImageRef]:
     result = []
     for parts, member in refs:
         inner = parts[1:] if wrapped else parts
-        label = inner[0] if len(inner) > 1 else None
+        label = _class_label(inner[0]) if len(inner) > 1 else None
         result.append(ImageRef(f"{path.name}:{member.filename}", label, _member_reader(archive, member, path)))
     return result
+
+
+def _class_label(folder: str) -> str | int:
+    """A class folder's label: '3' is class index 3 (as in the text readers), anything else a class name."""
+    return int(folder) if folder.isdigit() else folder
 
 
 def _member_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> Callable[[], bytes]:

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from commerge_ui.ui.handlers import MAX_EXPERTS, defaults_from  # noqa: E402
 from commerge_ui.ui.session import Sessions  # noqa: E402
 
 from conftest import make_base  # noqa: E402
+from tiny_families import make_clip_setup, make_lm_setup  # noqa: E402
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 CHROMIUM = "/usr/bin/chromium"
@@ -36,13 +38,13 @@ def serve(config_path: Path, root: Path):
 def run_args(config_path: Path, methods: list[str], samples: int, max_length: int, **replace) -> list:
     """The /run endpoint's inputs, in the page's order, as the form shows them for `config_path`."""
     d = defaults_from(config_path)
-    rows = [(e.name, e.model, e.calibration, e.evaluation) for e in d.experts]
-    rows += [("", None, None, None)] * (MAX_EXPERTS - len(rows))
+    rows = [(e.name, e.model, e.calibration, e.evaluation, e.labels) for e in d.experts]
+    rows += [("", None, None, None, "")] * (MAX_EXPERTS - len(rows))
     for index, row in replace.get("experts", {}).items():
         rows[index] = row
     files = [lambda p: handle_file(p) if p else None][0]
     return [d.base, len(d.experts), *(r[0] for r in rows), *(r[1] for r in rows),
-            *(files(r[2]) for r in rows), *(files(r[3]) for r in rows),
+            *(files(r[2]) for r in rows), *(files(r[3]) for r in rows), *(r[4] for r in rows),
             methods, 0.9, 0.3, samples, max_length, "cpu", "float32"]
 
 
@@ -82,10 +84,35 @@ def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
     make_base(tmp_path / "wide", hidden=48)
     d = defaults_from(config)
     e = d.experts[1]
-    args = run_args(config, ["com"], 24, 16, experts={1: (e.name, str(tmp_path / "wide"), e.calibration, e.evaluation)})
+    args = run_args(config, ["com"], 24, 16, experts={1: (e.name, str(tmp_path / "wide"), e.calibration, e.evaluation, "")})
     out = outputs_by_name(client.predict(*args, api_name="/run"))
     assert out["status"].startswith("❌") and "does not match the base" in out["status"]
     assert client.predict(api_name="/cancel") == "Nothing is running."
+
+
+@pytest.mark.parametrize("family", ["image-classification", "causal-lm"])
+def test_the_app_merges_clip_and_causal_lm_experts_too(family, tmp_path):
+    setup = (make_clip_setup(tmp_path, layout="zip") if family == "image-classification"
+             else make_lm_setup(tmp_path, "llama", layers=3, noise=0.5))
+    config = setup.write_config("app.yaml", methods=["com", "regmean"])
+    app, url = serve(config, tmp_path / "sessions")
+    try:
+        args = run_args(config, ["com", "regmean"], 12, 16)
+        if family == "image-classification":
+            args[2 + 4 * MAX_EXPERTS] = "red, green, blue"  # expert 1's class names, in the order given
+        client = Client(url, verbose=False)
+        out = outputs_by_name(client.predict(*args, api_name="/run"))
+        model_zip = client.predict("com", api_name="/zip_model")[0] if out["status"] == "✅ done" else None
+    finally:
+        app.close()
+    assert out["status"] == "✅ done", out["status"]
+    report = out["report"]
+    assert report["family"] == family and set(report["methods"]) == {"com", "regmean"}
+    assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
+    assert all(v is not None for v in report["methods"]["com"]["scores"].values())
+    if family == "image-classification":
+        with zipfile.ZipFile(model_zip) as archive:
+            assert json.loads(archive.read("heads/task0/classes.json"))["classes"] == ["red", "green", "blue"]
 
 
 @pytest.fixture(scope="module")

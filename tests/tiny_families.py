@@ -157,9 +157,10 @@ def write_image_samples(path: Path, kind: str, count: int, seed: int, classes: l
     return path
 
 
-def make_clip_setup(root: Path, layers: int = 3, noise: float = 0.3, identical: bool = False) -> TinySetup:
+def make_clip_setup(root: Path, layers: int = 3, noise: float = 0.3, identical: bool = False,
+                    layout: str | None = None) -> TinySetup:
     """A full CLIP base and three vision experts saved three ways: full CLIPModel, CLIPVisionModel (no
-    projection) and CLIPVisionModelWithProjection, each with its own sample layout."""
+    projection) and CLIPVisionModelWithProjection, each with its own sample layout (or all with `layout`)."""
     from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
@@ -168,7 +169,7 @@ def make_clip_setup(root: Path, layers: int = 3, noise: float = 0.3, identical: 
     save_clip_processor(root / "base")
     layouts = {"task0": ("full", "zip"), "task1": ("vision", "folder"), "task2": ("projection", "jsonl")}
     experts, calibration, evaluation = {}, {}, {}
-    for i, (name, (saved_as, layout)) in enumerate(layouts.items()):
+    for i, (name, (saved_as, sample_layout)) in enumerate(layouts.items()):
         model = clip_model(layers)
         model.load_state_dict(base.state_dict())
         perturbed(model.vision_model, 0.0 if identical else noise, seed=100 + (0 if identical else i))
@@ -186,7 +187,8 @@ def make_clip_setup(root: Path, layers: int = 3, noise: float = 0.3, identical: 
         save_clip_processor(folder)
         experts[name] = folder
         classes = list(COLOURS)[:2 + i % 2]
-        suffix = {"zip": ".zip", "folder": "", "jsonl": ".jsonl"}[layout]
-        calibration[name] = write_image_samples(root / f"{name}_cal{suffix}", layout, 12, seed=i, classes=classes)
-        evaluation[name] = write_image_samples(root / f"{name}_eval{suffix}", layout, 12, seed=50 + i, classes=classes)
+        kind = layout or sample_layout
+        suffix = {"zip": ".zip", "folder": "", "jsonl": ".jsonl"}[kind]
+        calibration[name] = write_image_samples(root / f"{name}_cal{suffix}", kind, 12, seed=i, classes=classes)
+        evaluation[name] = write_image_samples(root / f"{name}_eval{suffix}", kind, 12, seed=50 + i, classes=classes)
     return TinySetup(root, root / "base", experts, calibration, evaluation)

@@ -11,11 +11,11 @@ from ..demo import DEMO_CONFIG
 from ..errors import InputError
 from ..methods import METHODS
 from . import handlers
-from .form import ExpertForm, model_message, sample_preview
+from .form import ExpertForm, model_message, sample_preview, sample_thumbnails
 from .handlers import DEFAULT_METHODS, MAX_EXPERTS
 from .session import Sessions
 
-UPLOAD_TYPES = [".jsonl", ".csv", ".txt"]
+UPLOAD_TYPES = [".jsonl", ".csv", ".txt", ".zip"]
 MAX_UPLOAD = "200mb"  # the sample readers' own cap
 CSS = """
 .cm-progress-row {display: grid; grid-template-columns: 10em 14em 1fr; gap: .8em; align-items: center; margin: .2em 0}
@@ -27,7 +27,9 @@ Pick a base model and experts fine-tuned from it, give each expert a few calibra
 **Chain of Merges (CoM)** with independent layer-wise merging (**RegMean**) and the usual baselines. RegMean solves
 every layer on statistics of the unmerged experts; CoM solves the layers in network order on the inputs of the
 partially merged model, so the drift that early merges cause is corrected downstream. The page opens on an
-offline demo (all-MiniLM-L6-v2 and four experts): press **Run** to see it."""
+offline demo (all-MiniLM-L6-v2 and four experts): press **Run** to see it. Text classifiers (BERT-like),
+CLIP image classifiers (zero-shot heads from class names) and causal language models (GPT-2, Llama, Qwen,
+Mistral; scored by perplexity) are merged the same way; the family is read from the base model."""
 
 
 def _gpu(fn):
@@ -66,9 +68,13 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
                                                elem_id=f"expert-{k}-status"))
             model_cards.append(card)
 
-        gr.Markdown("## 2 · Samples\nPer expert: calibration samples (`.txt` one per line, `.jsonl`/`.csv` with a `text` "
-                    "column; labels not needed) and optional labelled evaluation samples (a `label` column).")
+        gr.Markdown("## 2 · Samples\nPer expert: calibration samples (text: `.txt` one per line, `.jsonl`/`.csv` with "
+                    "a `text` column; images: a `.zip` with one folder per class; labels not needed) and optional "
+                    "evaluation samples (a `label` column or class folders; causal LMs need no labels: they are "
+                    "scored by perplexity). CLIP builds each task's head from its class names: the labels, or "
+                    "the list you give.")
         sample_cards, calibrations, evaluations, sample_notes, previews = [], [], [], [], []
+        class_names, galleries = [], []
         for k, row in enumerate(rows):
             with gr.Group(visible=k < len(defaults.experts)) as card:
                 with gr.Row():
@@ -76,11 +82,15 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
                                                 file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-calibration"))
                     evaluations.append(gr.File(row.evaluation, label=f"Expert {k + 1}: evaluation samples (optional)",
                                                file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-evaluation"))
+                class_names.append(gr.Textbox(row.labels, label="class names, comma-separated (CLIP; optional)",
+                                              placeholder="e.g. airplane, car, ship", elem_id=f"expert-{k}-classes"))
                 cal_rows, cal_note = sample_preview(row.calibration, need_labels=False)
-                eval_rows, eval_note = sample_preview(row.evaluation, need_labels=True)
+                eval_rows, eval_note = sample_preview(row.evaluation, need_labels=False)
                 note = gr.Markdown(_sample_note(cal_note, eval_note), elem_id=f"samples-{k}-status")
                 with gr.Accordion("first samples", open=False):
                     preview = gr.Dataframe(_preview_frame(cal_rows, eval_rows), show_label=False, max_height=220)
+                    galleries.append(gr.Gallery(sample_thumbnails(row.calibration), label="first images",
+                                                columns=5, height=140, elem_id=f"expert-{k}-thumbnails"))
                 sample_notes.append(note)
                 previews.append(preview)
             sample_cards.append(card)
@@ -149,13 +159,14 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
             box.key_up(_suggest, [box, base], [box, hub_note], trigger_mode="always_last", api_visibility="private")
 
         # --- samples --------------------------------------------------------------------------------------
-        for calibration, evaluation, note, preview in zip(calibrations, evaluations, sample_notes, previews):
+        for calibration, evaluation, note, preview, gallery in zip(calibrations, evaluations, sample_notes, previews,
+                                                                    galleries):
             for box in (calibration, evaluation):
-                box.change(_on_samples, [calibration, evaluation], [note, preview], api_visibility="private")
+                box.change(_on_samples, [calibration, evaluation], [note, preview, gallery], api_visibility="private")
 
         # --- run ------------------------------------------------------------------------------------------
-        form_inputs = [base, count, *names, *models, *calibrations, *evaluations, methods, alpha, task_lambda,
-                       samples, max_length, device, dtype]
+        form_inputs = [base, count, *names, *models, *calibrations, *evaluations, *class_names, methods, alpha,
+                       task_lambda, samples, max_length, device, dtype]
         result_outputs = [shift_plot, heatmap, scores, bars, costs, warnings]
         run_outputs = [progress, run_status, report_state, report_json, shown, heat_method, *result_outputs,
                        export_method, report_file, config_file]
@@ -252,8 +263,10 @@ def _config_from_form(values: tuple):
     base, count, rest = values[0], int(values[1]), values[2:]
     names, models = rest[:MAX_EXPERTS], rest[MAX_EXPERTS:2 * MAX_EXPERTS]
     calibrations, evaluations = rest[2 * MAX_EXPERTS:3 * MAX_EXPERTS], rest[3 * MAX_EXPERTS:4 * MAX_EXPERTS]
-    methods, alpha, task_lambda, samples, max_length = rest[4 * MAX_EXPERTS:4 * MAX_EXPERTS + 5]
-    experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k]) for k in range(count)]
+    class_names = rest[4 * MAX_EXPERTS:5 * MAX_EXPERTS]
+    methods, alpha, task_lambda, samples, max_length = rest[5 * MAX_EXPERTS:5 * MAX_EXPERTS + 5]
+    experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k], class_names[k] or "")
+               for k in range(count)]
     return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length)
 
 
@@ -271,8 +284,8 @@ def _suggest(query: str, base: str):
 
 def _on_samples(calibration: str | None, evaluation: str | None):
     cal_rows, cal_note = sample_preview(calibration, need_labels=False)
-    eval_rows, eval_note = sample_preview(evaluation, need_labels=True)
-    return _sample_note(cal_note, eval_note), _preview_frame(cal_rows, eval_rows)
+    eval_rows, eval_note = sample_preview(evaluation, need_labels=False)
+    return _sample_note(cal_note, eval_note), _preview_frame(cal_rows, eval_rows), sample_thumbnails(calibration)
 
 
 def _sample_note(calibration: str, evaluation: str) -> str:

@@ -5,16 +5,20 @@ Every function returns what the page shows (a message, preview rows) or raises I
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from PIL import Image
+
 from ..config import MergeConfig, parse_config
 from ..demo import DEMO_DIR, is_built
 from ..errors import InputError
 from ..model_info import ModelInfo, compare_to_base, inspect_model
-from ..samples import read_samples
+from ..images import open_rgb
+from ..samples import Sample, read_samples
 from ..sources import is_repo_id
 
 PREVIEW_ROWS = 5
@@ -75,10 +79,28 @@ def sample_preview(path: str | None, need_labels: bool) -> tuple[list[list], str
         samples = read_samples(path, need_labels=need_labels)
     except InputError as err:
         return [], f"❌ {str(err).replace(str(path), name)}"
-    rows = [[s.text, "" if s.label is None else str(s.label)] for s in samples[:PREVIEW_ROWS]]
+    rows = [[_describe(s), "" if s.label is None else str(s.label)] for s in samples[:PREVIEW_ROWS]]
     labels = {s.label for s in samples if s.label is not None}
     detail = f", {len(labels)} labels" if labels else ", unlabelled"
     return rows, f"✅ {name}: {len(samples)} samples{detail}"
+
+
+def sample_thumbnails(path: str | None, count: int = PREVIEW_ROWS) -> list[tuple[Image.Image, str]]:
+    """The first images of a sample file or archive with their labels; none for text samples or bad files."""
+    if not path:
+        return []
+    try:
+        samples = read_samples(path, limit=count)
+    except InputError:
+        return []
+    return [(open_rgb(s.image), "" if s.label is None else str(s.label)) for s in samples if s.image]
+
+
+def _describe(sample: Sample) -> str:
+    if sample.image is None:
+        return sample.text
+    with Image.open(io.BytesIO(sample.image)) as image:
+        return f"[{image.format} image, {image.width}×{image.height}]"
 
 
 @dataclass
@@ -87,6 +109,7 @@ class ExpertForm:
     model: str
     calibration: str | None
     evaluation: str | None
+    labels: str = ""  # class names, comma-separated (CLIP's zero-shot heads); optional
 
 
 def form_config(base: str, experts: list[ExpertForm], methods: list[str], options: dict) -> MergeConfig:
@@ -104,5 +127,8 @@ def form_config(base: str, experts: list[ExpertForm], methods: list[str], option
         spec = {"name": name, "model": expert.model.strip(), "calibration": expert.calibration}
         if expert.evaluation:
             spec["evaluation"] = expert.evaluation
+        labels = [label.strip() for label in (expert.labels or "").split(",") if label.strip()]
+        if labels:
+            spec["labels"] = labels
         specs.append(spec)
     return parse_config({"base": base.strip(), "experts": specs, "methods": methods, "options": options})

@@ -34,7 +34,8 @@ class FormDefaults:
 def defaults_from(config_path: Path) -> FormDefaults:
     """The form filled in from a config file (the app opens on the demo's)."""
     config = load_config(config_path)
-    experts = [ExpertForm(e.name, e.model, e.calibration, e.evaluation) for e in config.experts[:MAX_EXPERTS]]
+    experts = [ExpertForm(e.name, e.model, e.calibration, e.evaluation, ", ".join(e.labels or []))
+               for e in config.experts[:MAX_EXPERTS]]
     return FormDefaults(config.base, experts, config.options.model_dump(by_alias=True))
 
 
@@ -136,7 +137,7 @@ def zip_config_bundle(session: Session) -> str:
         raise InputError("run a merge first")
     archive = _downloads(session) / "config-bundle.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in [run / "config.yaml", *sorted((run / "samples").iterdir())]:
+        for path in [run / "config.yaml", *sorted(p for p in (run / "samples").rglob("*") if p.is_file())]:
             bundle.write(path, path.relative_to(run).as_posix())
     return str(archive)
 
