@@ -56,3 +56,15 @@ def test_explicit_relative_paths_resolve_even_before_they_exist(tmp_path):
     config = load_config(tmp_path / "c.yaml")
     assert config.base == str(tmp_path / "models" / "base")  # a path, never mistaken for a Hub id
     assert config.experts[0].model == "org/name"  # ambiguous and absent: left as a Hub id
+
+
+def test_the_example_configs_are_valid():
+    from pathlib import Path
+
+    from commerge_ui.config import load_config
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert len(examples) >= 2
+    for path in examples:
+        config = load_config(path)
+        assert config.experts and all(e.calibration for e in config.experts)
