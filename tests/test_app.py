@@ -90,6 +90,36 @@ def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
     assert client.predict(api_name="/cancel") == "Nothing is running."
 
 
+def test_two_sessions_merge_one_at_a_time_in_separate_folders(tiny_app, monkeypatch):
+    """The queue holds one merge per process (one GPU): two users' runs never overlap, and each gets its own."""
+    import threading
+    import time
+
+    import commerge_ui.api as api
+
+    config, client = tiny_app
+    spans, real = [], api.run_merge
+    lock = threading.Lock()
+
+    def recorded(*args, **kwargs):
+        began = time.monotonic()
+        time.sleep(1.0)  # long enough that two runs admitted together would overlap
+        report = real(*args, **kwargs)
+        with lock:
+            spans.append((began, time.monotonic(), str(kwargs["out_dir"])))
+        return report
+
+    monkeypatch.setattr(api, "run_merge", recorded)
+    url = client.src
+    jobs = [Client(url, verbose=False).submit(*run_args(config, ["regmean"], 24, 16), api_name="/run")
+            for _ in range(2)]
+    outs = [outputs_by_name(job.result(timeout=300)) for job in jobs]
+    assert [o["status"] for o in outs] == ["✅ done", "✅ done"]
+    (a_start, a_end, a_dir), (b_start, b_end, b_dir) = sorted(spans)
+    assert a_end <= b_start, "two merges ran at the same time"
+    assert Path(a_dir).parent != Path(b_dir).parent  # separate session folders
+
+
 @pytest.mark.parametrize("family", ["image-classification", "causal-lm"])
 def test_the_app_merges_clip_and_causal_lm_experts_too(family, tmp_path):
     setup = (make_clip_setup(tmp_path, layout="zip") if family == "image-classification"
