@@ -225,3 +225,19 @@ def test_the_config_bundle_carries_image_folders_and_reruns(tmp_path):
     assert sorted(p.name for p in (bundle / "samples" / "task1_calibration").iterdir()) == ["blue", "green", "red"]
     assert cli_main(["merge", str(bundle / "config.yaml"), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["family"] == "image-classification"
+
+
+def test_samples_of_the_wrong_kind_and_a_vision_only_base_are_refused(tmp_path):
+    clip = make_clip_setup(tmp_path / "clip")
+    lm = make_lm_setup(tmp_path / "lm", "gpt2", n_experts=1)
+    config = clip.config(methods=["average"])
+    config["experts"][0]["calibration"] = str(lm.calibration["task0"])
+    with pytest.raises(InputError, match="image-classification samples must be images"):
+        run_merge(parse_config(config))
+    config = lm.config(methods=["average"])
+    config["experts"][0]["calibration"] = str(clip.calibration["task0"])
+    with pytest.raises(InputError, match="causal-LM samples must be text"):
+        run_merge(parse_config(config))
+    config = clip.config(methods=["average"], base=str(clip.experts["task1"]))  # a CLIPVisionModel
+    with pytest.raises(InputError, match="the base must be a full CLIP model"):
+        run_merge(parse_config(config))
