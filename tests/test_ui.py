@@ -9,10 +9,11 @@ import pytest
 from commerge_ui.cli import main as cli_main
 from commerge_ui.errors import InputError
 from commerge_ui.ui import handlers
-from commerge_ui.ui.form import ExpertForm, model_message, sample_preview
+from commerge_ui.ui.form import ExpertForm, form_config, model_message, sample_preview, sample_thumbnails
 from commerge_ui.ui.session import Sessions
 
 from conftest import make_base
+from tiny_families import write_image_samples
 
 FAST = {"alpha": 0.9, "task_lambda": 0.3, "samples": 16, "max_length": 16}
 
@@ -193,3 +194,15 @@ def test_closing_the_page_mid_run_cancels_it_and_frees_the_folder(tmp_path, tiny
     last = list(handlers.run_merge_events(session, config, "cpu", "float32"))[-1]
     assert last.error.startswith("Cancelled") and not session.running
     assert not session.folder.exists() and len(sessions) == 0
+
+
+def test_image_uploads_are_previewed_with_thumbnails_and_class_names_reach_the_config(tmp_path):
+    archive = write_image_samples(tmp_path / "cal.zip", "zip", 6, seed=0, classes=["red", "blue"])
+    rows, note = sample_preview(str(archive), need_labels=True)
+    assert note == "✅ cal.zip: 6 samples, 2 labels"
+    assert rows[0][0] == "[PNG image, 40×40]" and {r[1] for r in rows} == {"red", "blue"}
+    thumbnails = sample_thumbnails(str(archive))
+    assert len(thumbnails) == 5 and thumbnails[0][0].size == (40, 40)
+    assert sample_thumbnails(str(tmp_path / "missing.zip")) == []
+    config = form_config("base", [ExpertForm("colours", "m", str(archive), None, " red, blue ,")], ["com"], {})
+    assert config.experts[0].labels == ["red", "blue"]

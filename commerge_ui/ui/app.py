@@ -89,7 +89,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
                 note = gr.Markdown(_sample_note(cal_note, eval_note), elem_id=f"samples-{k}-status")
                 with gr.Accordion("first samples", open=False):
                     preview = gr.Dataframe(_preview_frame(cal_rows, eval_rows), show_label=False, max_height=220)
-                    galleries.append(gr.Gallery(sample_thumbnails(row.calibration), label="first images",
+                    galleries.append(gr.Gallery(sample_thumbnails(row.calibration), label="some of the images",
                                                 columns=5, height=140, elem_id=f"expert-{k}-thumbnails"))
                 sample_notes.append(note)
                 previews.append(preview)

@@ -86,7 +86,8 @@ def sample_preview(path: str | None, need_labels: bool) -> tuple[list[list], str
 
 
 def sample_thumbnails(path: str | None, count: int = PREVIEW_ROWS) -> list[tuple[Image.Image, str]]:
-    """The first images of a sample file or archive with their labels; none for text samples or bad files."""
+    """A few images of a sample file or archive (a seeded random pick) with their labels; none for text
+    samples or unreadable files."""
     if not path:
         return []
     try:
