@@ -241,3 +241,24 @@ def test_samples_of_the_wrong_kind_and_a_vision_only_base_are_refused(tmp_path):
     config = clip.config(methods=["average"], base=str(clip.experts["task1"]))  # a CLIPVisionModel
     with pytest.raises(InputError, match="the base must be a full CLIP model"):
         run_merge(parse_config(config))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_rerun_from_cached_inputs_match_the_full_forward(tmp_path, kind):
+    """Masks, rotary position embeddings and the rest reach each block when it is run from cached inputs."""
+    from commerge_ui.engine import capture_block_inputs, run_block
+
+    setup = make(kind, tmp_path, n_experts=1) if kind != "clip" else make_clip_setup(tmp_path)
+    family = detect_family(setup.base)
+    model = family.load_backbone(setup.base, torch.float32, torch.device("cpu"))
+    samples = read_samples(setup.calibration["task0"])[:6]
+    encoded = family.encode(family.load_processor(setup.base), samples, 32)
+    _, blocks = family.blocks(model)
+    stream = capture_block_inputs(family, model, blocks[0], encoded.inputs)
+    with torch.no_grad():
+        expected = model(**encoded.inputs, output_hidden_states=True).hidden_states
+        for index, block in enumerate(blocks):
+            stream.hidden = run_block(block, stream)
+            if index < len(blocks) - 1:  # the last entry of hidden_states is after the final norm in some models
+                mask = encoded.token_mask
+                assert torch.allclose(stream.hidden[mask], expected[index + 1][mask], atol=1e-5), (kind, index)
