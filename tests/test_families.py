@@ -81,10 +81,9 @@ def test_report_schema_is_the_same_for_every_family(distinct, tiny, tmp_path):
     assert bert.family == "text-classification"
 
 
+@pytest.mark.parametrize("distinct", ["gpt2", "llama"], indirect=True)
 def test_causal_lm_scores_are_perplexities_normalized_expert_over_merged(distinct):
     kind, setup, report, _ = distinct
-    if kind == "clip":
-        pytest.skip("accuracy family")
     assert report.metric == "perplexity" and report.higher_is_better is False
     com = report.methods["com"]
     for task, ppl in com.scores.items():
@@ -92,10 +91,9 @@ def test_causal_lm_scores_are_perplexities_normalized_expert_over_merged(distinc
         assert com.normalized[task] == pytest.approx(report.experts[task]["score"] / ppl)
 
 
+@pytest.mark.parametrize("distinct", ["gpt2", "llama"], indirect=True)
 def test_perplexity_of_a_padded_batch_equals_one_text_at_a_time(distinct):
     kind, setup, _, _ = distinct
-    if kind == "clip":
-        pytest.skip("text family")
     family = detect_family(setup.base)
     model = family.load_backbone(setup.base, torch.float32, torch.device("cpu"))
     tokenizer = family.load_processor(setup.base)
@@ -104,10 +102,9 @@ def test_perplexity_of_a_padded_batch_equals_one_text_at_a_time(distinct):
     assert perplexity(model, encoded, batch_size=12) == pytest.approx(perplexity(model, encoded, batch_size=1), rel=1e-5)
 
 
+@pytest.mark.parametrize("distinct", ["gpt2", "llama"], indirect=True)
 def test_tied_embeddings_stay_tied_and_untied_heads_are_merged(distinct, tmp_path):
     kind, setup, _, out = distinct
-    if kind == "clip":
-        pytest.skip("text family")
     merged = AutoModelForCausalLM.from_pretrained(out / "com")
     assert merged.lm_head.weight.data_ptr() == merged.get_input_embeddings().weight.data_ptr()
     untied = make_lm_setup(tmp_path, kind, tied=False)
@@ -159,10 +156,9 @@ def test_bfloat16_weights_merge_with_float32_statistics(tmp_path):
     assert all(t.dtype == torch.bfloat16 for t in load_file(str(tmp_path / "out/com/model.safetensors")).values())
 
 
+@pytest.mark.parametrize("distinct", ["clip"], indirect=True)
 def test_zero_shot_heads_come_from_class_names_through_the_base_text_tower(distinct):
     kind, setup, report, out = distinct
-    if kind != "clip":
-        pytest.skip("CLIP only")
     head_dir = out / "com" / "heads" / "task1"
     classes = json.loads((head_dir / "classes.json").read_text())
     assert classes == {"classes": ["blue", "green", "red"], "templates": ["a photo of a {}."]}  # from the labels
