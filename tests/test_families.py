@@ -258,3 +258,9 @@ def test_blocks_rerun_from_cached_inputs_match_the_full_forward(tmp_path, kind):
             if index < len(blocks) - 1:  # the last entry of hidden_states is after the final norm in some models
                 mask = encoded.token_mask
                 assert torch.allclose(stream.hidden[mask], expected[index + 1][mask], atol=1e-5), (kind, index)
+
+
+def test_templates_with_other_braces_are_used_as_text(tmp_path):
+    setup = make_clip_setup(tmp_path)
+    head = detect_family(setup.base, templates=["a {} photo {style}."]).zero_shot_head(["red"])
+    assert head.shape == (1, 16) and torch.isfinite(head).all()

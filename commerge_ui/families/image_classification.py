@@ -60,6 +60,7 @@ class ImageClassification:
         self.templates = list(templates or DEFAULT_TEMPLATES)
         self._placement = (torch.float32, torch.device("cpu"))
         self._text_tower: nn.Module | None = None
+        self._tokenizer = None
         self._heads: dict[tuple[str, ...], torch.Tensor] = {}
 
     def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -108,8 +109,8 @@ class ImageClassification:
         """[classes, dim]: each class's prompts through the base's text tower, averaged and normalized."""
         key = (*class_names, "\x00", *self.templates)
         if key not in self._heads:
-            processors = self.load_processor(self.base_folder)
             if self._text_tower is None:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.base_folder, trust_remote_code=False)
                 with quiet_loading():
                     self._text_tower = CLIPTextModelWithProjection.from_pretrained(
                         self.base_folder, config=_sub_config(self.base_folder, "text"), use_safetensors=True,
@@ -117,8 +118,8 @@ class ImageClassification:
             rows = []
             with torch.no_grad():
                 for name in class_names:
-                    prompts = [t.format(name) for t in self.templates]
-                    tokens = processors.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")  # type: ignore[operator]
+                    prompts = [t.replace("{}", name) for t in self.templates]  # not format(): '{x}' stays text
+                    tokens = self._tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
                     embeds = self._text_tower(input_ids=tokens["input_ids"],
                                               attention_mask=tokens["attention_mask"]).text_embeds
                     mean = nn.functional.normalize(embeds, dim=-1).mean(dim=0)
@@ -160,7 +161,7 @@ class ImageClassification:
 
     def save_task_head(self, expert: ModelSource, out_dir: Path, class_names: list[str] | None = None) -> None:
         if not class_names:
-            return  # the names come from the evaluation labels; the report's run has them, the folder cannot
+            return  # no labels and no evaluation samples: no class names, so no head to save
         out_dir.mkdir(parents=True)
         save_file({"weight": self.zero_shot_head(class_names).contiguous()}, str(out_dir / "head.safetensors"))
         (out_dir / "classes.json").write_text(json.dumps({"classes": class_names, "templates": self.templates},
