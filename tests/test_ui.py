@@ -9,11 +9,12 @@ import pytest
 from commerge_ui.cli import main as cli_main
 from commerge_ui.errors import InputError
 from commerge_ui.ui import handlers
-from commerge_ui.ui.form import ExpertForm, form_config, model_message, sample_preview, sample_thumbnails
+from commerge_ui.ui.form import (ExpertForm, evaluation_needs_labels, form_config, model_message, sample_preview,
+                                 sample_thumbnails)
 from commerge_ui.ui.session import Sessions
 
 from conftest import make_base
-from tiny_families import write_image_samples
+from tiny_families import make_lm_setup, write_image_samples
 
 FAST = {"alpha": 0.9, "task_lambda": 0.3, "samples": 16, "max_length": 16}
 
@@ -206,3 +207,13 @@ def test_image_uploads_are_previewed_with_thumbnails_and_class_names_reach_the_c
     assert sample_thumbnails(str(tmp_path / "missing.zip")) == []
     config = form_config("base", [ExpertForm("colours", "m", str(archive), None, " red, blue ,")], ["com"], {})
     assert config.experts[0].labels == ["red", "blue"]
+
+
+def test_evaluation_labels_are_asked_for_unless_the_base_is_a_causal_lm(tiny, tmp_path):
+    lm = make_lm_setup(tmp_path, "gpt2", n_experts=1)
+    assert evaluation_needs_labels(str(tiny.base)) is True
+    assert evaluation_needs_labels(str(lm.base)) is False
+    assert evaluation_needs_labels(str(tmp_path / "missing")) is True and evaluation_needs_labels("") is True
+    unlabelled = str(lm.calibration["task0"])
+    assert sample_preview(unlabelled, evaluation_needs_labels(str(lm.base)))[1].startswith("✅")
+    assert "has no label" in sample_preview(unlabelled, evaluation_needs_labels(str(tiny.base)))[1]

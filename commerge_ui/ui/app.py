@@ -11,7 +11,7 @@ from ..demo import DEMO_CONFIG
 from ..errors import InputError
 from ..methods import METHODS
 from . import handlers
-from .form import ExpertForm, model_message, sample_preview, sample_thumbnails
+from .form import ExpertForm, evaluation_needs_labels, model_message, sample_preview, sample_thumbnails
 from .handlers import DEFAULT_METHODS, MAX_EXPERTS
 from .session import Sessions
 
@@ -85,7 +85,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
                 class_names.append(gr.Textbox(row.labels, label="class names, comma-separated (CLIP; optional)",
                                               placeholder="e.g. airplane, car, ship", elem_id=f"expert-{k}-classes"))
                 cal_rows, cal_note = sample_preview(row.calibration, need_labels=False)
-                eval_rows, eval_note = sample_preview(row.evaluation, need_labels=False)
+                eval_rows, eval_note = sample_preview(row.evaluation, evaluation_needs_labels(defaults.base))
                 note = gr.Markdown(_sample_note(cal_note, eval_note), elem_id=f"samples-{k}-status")
                 with gr.Accordion("first samples", open=False):
                     preview = gr.Dataframe(_preview_frame(cal_rows, eval_rows), show_label=False, max_height=220)
@@ -161,8 +161,9 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
         # --- samples --------------------------------------------------------------------------------------
         for calibration, evaluation, note, preview, gallery in zip(calibrations, evaluations, sample_notes, previews,
                                                                     galleries):
-            for box in (calibration, evaluation):
-                box.change(_on_samples, [calibration, evaluation], [note, preview, gallery], api_visibility="private")
+            for box in (calibration, evaluation, base):
+                box.change(_on_samples, [calibration, evaluation, base], [note, preview, gallery],
+                           api_visibility="private")
 
         # --- run ------------------------------------------------------------------------------------------
         form_inputs = [base, count, *names, *models, *calibrations, *evaluations, *class_names, methods, alpha,
@@ -282,9 +283,9 @@ def _suggest(query: str, base: str):
     return gr.update(choices=choices), note
 
 
-def _on_samples(calibration: str | None, evaluation: str | None):
+def _on_samples(calibration: str | None, evaluation: str | None, base: str | None):
     cal_rows, cal_note = sample_preview(calibration, need_labels=False)
-    eval_rows, eval_note = sample_preview(evaluation, need_labels=False)
+    eval_rows, eval_note = sample_preview(evaluation, need_labels=evaluation_needs_labels(base))
     return _sample_note(cal_note, eval_note), _preview_frame(cal_rows, eval_rows), sample_thumbnails(calibration)
 
 

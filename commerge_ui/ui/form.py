@@ -70,6 +70,17 @@ def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     return f"✅ {info.summary()} · matches the base"
 
 
+def evaluation_needs_labels(base_ref: str | None) -> bool:
+    """Evaluation samples need labels unless the base is a causal LM (scored by perplexity); when the base
+    cannot be read yet, labels are asked for."""
+    if not base_ref or not base_ref.strip() or (is_demo_model(base_ref) and not is_built()):
+        return True
+    try:
+        return _inspect(base_ref).family != "causal-lm"
+    except InputError:
+        return True
+
+
 def sample_preview(path: str | None, need_labels: bool) -> tuple[list[list], str]:
     """The first rows of a sample file and a count, or the reason it cannot be used."""
     if not path:

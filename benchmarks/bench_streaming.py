@@ -1,0 +1,107 @@
+"""Benchmark (not a test): does merging K causal-LM experts hold K models in memory? It should not.
+
+    python benchmarks/bench_streaming.py [--hidden 512] [--layers 12] [--experts 2,4,8] [--dtype float32]
+
+Builds a Llama-style decoder (grouped-query attention) and K perturbed experts on disk, then merges them with
+RegMean and CoM through the engine (no scoring) and reports the peak memory of the merge next to the size of
+one model. With block streaming the peak grows by about one block per expert, not one model per expert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from commerge_ui.compat import find_source
+from commerge_ui.config import MergeOptions
+from commerge_ui.engine import EngineTask, merge
+from commerge_ui.families import EncodedSamples
+from commerge_ui.families.causal_lm import CausalLM
+from commerge_ui.methods import METHODS
+from commerge_ui.resources import DTYPES, PeakMemory
+from commerge_ui.sources import SafetensorsWeights
+
+FAMILY = CausalLM()
+
+
+def build(root: Path, hidden: int, layers: int, experts: int) -> tuple[Path, list[Path], int]:
+    config = LlamaConfig(vocab_size=4000, hidden_size=hidden, intermediate_size=int(2.75 * hidden),
+                         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    base.save_pretrained(root / "base")
+    size = sum(p.numel() * p.element_size() for p in base.parameters())
+    folders = []
+    for i in range(experts):
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            expert = LlamaForCausalLM(config)
+            expert.load_state_dict(base.state_dict())
+            for p in expert.parameters():
+                p.add_(0.3 * p.std() * torch.randn_like(p))
+        expert.save_pretrained(root / f"e{i}")
+        folders.append(root / f"e{i}")
+        del expert
+    return root / "base", folders, size
+
+
+def calibration(experts: int, samples: int, tokens: int) -> tuple[EncodedSamples, list[slice]]:
+    g = torch.Generator().manual_seed(0)
+    n = experts * samples
+    ids = torch.randint(5, 4000, (n, tokens), generator=g)
+    lengths = torch.randint(tokens // 2, tokens + 1, (n,), generator=g)
+    mask = (torch.arange(tokens)[None, :] < lengths[:, None]).long()
+    return EncodedSamples({"input_ids": ids, "attention_mask": mask}, mask.bool()), \
+        [slice(i * samples, (i + 1) * samples) for i in range(experts)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--experts", default="2,4,8")
+    parser.add_argument("--samples", type=int, default=32, help="calibration samples per expert")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    print(f"device={device} dtype={args.dtype} hidden={args.hidden} layers={args.layers} "
+          f"samples/expert={args.samples} tokens={args.tokens} torch={torch.__version__}")
+    print(f"\n{'experts':>7} {'model MiB':>9} {'K x model':>9} {'method':>8} {'seconds':>8} {'peak MiB':>9} "
+          f"{'peak - before':>13}")
+    for experts in map(int, args.experts.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            base_folder, folders, size = build(Path(tmp), args.hidden, args.layers, experts)
+            size = size * torch.finfo(dtype).bits // 32
+            encoded, rows = calibration(experts, args.samples, args.tokens)
+            for name in ("regmean", "com"):
+                gc.collect()
+                memory = PeakMemory(device)
+                backbone = FAMILY.load_backbone(base_folder, dtype, device)
+                names = [n for n, _ in backbone.named_parameters()]
+                base = find_source(SafetensorsWeights(base_folder), names, "model.", "base")
+                tasks = [EngineTask(f"t{i}", find_source(SafetensorsWeights(f), names, "model.", f"e{i}"), r)
+                         for i, (f, r) in enumerate(zip(folders, rows))]
+                memory.sample()
+                before = memory.result()
+                began = time.perf_counter()
+                merge(METHODS[name], FAMILY, backbone, base, tasks, encoded.to(device), MergeOptions(), memory=memory)
+                seconds, peak = time.perf_counter() - began, memory.result()
+                print(f"{experts:>7} {size / 2**20:>9.0f} {experts * size / 2**20:>9.0f} {name:>8} {seconds:>8.1f} "
+                      f"{peak / 2**20:>9.0f} {(peak - before) / 2**20:>13.0f}", flush=True)
+                del backbone, tasks, base
+    print("\npeak: allocated GPU memory on CUDA, process RSS on CPU (sampled per layer group); 'before' is the "
+          "merged model loaded, ready to merge.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
