@@ -10,7 +10,7 @@ one model. With block streaming the peak grows by about one block per expert, no
 from __future__ import annotations
 
 import argparse
-import gc
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -63,6 +63,23 @@ def calibration(experts: int, samples: int, tokens: int) -> tuple[EncodedSamples
         [slice(i * samples, (i + 1) * samples) for i in range(experts)]
 
 
+def measure(name: str, base_folder: Path, folders: list[Path], args) -> tuple[float, int, int]:
+    """One merge: (seconds, memory with the merged model loaded, peak memory during the merge)."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    encoded, rows = calibration(len(folders), args.samples, args.tokens)
+    memory = PeakMemory(device)
+    backbone = FAMILY.load_backbone(base_folder, dtype, device)
+    names = [n for n, _ in backbone.named_parameters()]
+    base = find_source(SafetensorsWeights(base_folder), names, "model.", "base")
+    tasks = [EngineTask(f"t{i}", find_source(SafetensorsWeights(f), names, "model.", f"e{i}"), r)
+             for i, (f, r) in enumerate(zip(folders, rows))]
+    memory.sample()
+    before = memory.result()
+    began = time.perf_counter()
+    merge(METHODS[name], FAMILY, backbone, base, tasks, encoded.to(device), MergeOptions(), memory=memory)
+    return time.perf_counter() - began, before, memory.result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=512)
@@ -82,25 +99,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             base_folder, folders, size = build(Path(tmp), args.hidden, args.layers, experts)
             size = size * torch.finfo(dtype).bits // 32
-            encoded, rows = calibration(experts, args.samples, args.tokens)
             for name in ("regmean", "com"):
-                gc.collect()
-                memory = PeakMemory(device)
-                backbone = FAMILY.load_backbone(base_folder, dtype, device)
-                names = [n for n, _ in backbone.named_parameters()]
-                base = find_source(SafetensorsWeights(base_folder), names, "model.", "base")
-                tasks = [EngineTask(f"t{i}", find_source(SafetensorsWeights(f), names, "model.", f"e{i}"), r)
-                         for i, (f, r) in enumerate(zip(folders, rows))]
-                memory.sample()
-                before = memory.result()
-                began = time.perf_counter()
-                merge(METHODS[name], FAMILY, backbone, base, tasks, encoded.to(device), MergeOptions(), memory=memory)
-                seconds, peak = time.perf_counter() - began, memory.result()
+                # A fresh process per merge: the allocator keeps what building the models used, which would
+                # blur the baseline.
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    seconds, before, peak = pool.apply(measure, (name, base_folder, folders, args))
                 print(f"{experts:>7} {size / 2**20:>9.0f} {experts * size / 2**20:>9.0f} {name:>8} {seconds:>8.1f} "
                       f"{peak / 2**20:>9.0f} {(peak - before) / 2**20:>13.0f}", flush=True)
-                del backbone, tasks, base
-    print("\npeak: allocated GPU memory on CUDA, process RSS on CPU (sampled per layer group); 'before' is the "
-          "merged model loaded, ready to merge.")
+    print("\npeak: allocated GPU memory on CUDA, anonymous resident memory on CPU (sampled per layer group), "
+          "each merge in a fresh process; 'before': the merged model loaded, ready to merge.")
 
 
 if __name__ == "__main__":

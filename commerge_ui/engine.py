@@ -13,7 +13,7 @@ merged forward per block, plus the Gram work; the merged prefix is never re-run.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -197,7 +197,7 @@ class _BlockMerger:
 
 
 def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask], calibration: EncodedSamples,
-                    merge_tensor: Callable[[str, list[torch.Tensor], torch.Tensor], None]) -> tuple[list[Stream], Stream]:
+                    merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None]) -> tuple[list[Stream], Stream]:
     """Block-0 inputs: each expert's own embeddings give its stream; then everything outside the blocks is
     merged (`merge_tensor(name, experts' tensors, parameter)`) and the merged stream is captured."""
     block_path, blocks = family.blocks(backbone)
@@ -209,7 +209,8 @@ def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask]
         rows = {k: v[task.rows] for k, v in calibration.inputs.items()}
         expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows))
     for name, param in params.items():
-        merge_tensor(name, [t.source.get(name).to(param.device, param.dtype) for t in tasks], param)
+        # A generator: linear rules read one expert's tensor at a time (embeddings can be GiBs each).
+        merge_tensor(name, (t.source.get(name).to(param.device, param.dtype) for t in tasks), param)
     return expert_streams, capture_block_inputs(family, backbone, blocks[0], calibration.inputs)
 
 
@@ -233,7 +234,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         if cancel and cancel():
             raise Cancelled(f"{method.name}: cancelled after {label}")
 
-    def merge_tensor(name: str, experts: list[torch.Tensor], param: torch.Tensor) -> None:
+    def merge_tensor(name: str, experts: Iterable[torch.Tensor], param: torch.Tensor) -> None:
         base_tensor = base.get(name).to(param.device, param.dtype) if method.needs_base else None
         param.copy_(method.merge_tensor(base_tensor, experts, options))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,24 @@ class Method:
     def needs_base(self) -> bool:
         return self.rule is not average
 
-    def merge_tensor(self, base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
-        return self.rule(base, experts, options).to(experts[0].dtype)  # type: ignore[operator]
+    def merge_tensor(self, base: torch.Tensor | None, experts: Iterable[torch.Tensor],
+                     options: MergeOptions) -> torch.Tensor:
+        """The rule applied to the experts' tensors. Averaging and task arithmetic depend on them only through
+        their sum, so they take one at a time: merging K embedding matrices never holds K of them."""
+        if self.rule not in (average, task_arithmetic):
+            experts = list(experts)
+            return self.rule(base, experts, options).to(experts[0].dtype)  # type: ignore[operator]
+        total, count, dtype = None, 0, torch.float32
+        for tensor in experts:
+            # The first is copied: summing in place into an expert's own float32 tensor would change that expert.
+            total = tensor.to(torch.float32, copy=True) if total is None else total.add_(tensor)
+            count, dtype = count + 1, tensor.dtype
+        assert total is not None, "no expert tensors"
+        mean = total / count
+        if self.rule is average:  # W = mean_i W_i
+            return mean.to(dtype)
+        b = base.float()  # type: ignore[union-attr]
+        return (b + options.task_lambda * count * (mean - b)).to(dtype)  # W_base + λ Σ_i (W_i − W_base)
 
 
 METHODS: dict[str, Method] = {

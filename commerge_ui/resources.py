@@ -29,7 +29,13 @@ def pick_dtype(name: str) -> torch.dtype:
 
 
 def _rss_bytes() -> int:
+    """Anonymous resident memory: what the process holds itself. Memory-mapped safetensors pages, which the
+    kernel can drop and re-read at will, would otherwise count every expert tensor ever read."""
     try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
@@ -37,7 +43,7 @@ def _rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Peak memory of a run: allocated GPU memory on CUDA, else the process's resident set, sampled."""
+    """Peak memory of a run: allocated GPU memory on CUDA, else the process's anonymous resident memory, sampled."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device

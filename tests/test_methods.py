@@ -25,3 +25,27 @@ def test_ties_trims_elects_sign_and_sums_agreeing_values():
 def test_registry_marks_regression_methods():
     assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean"}
     assert not METHODS["average"].needs_base and METHODS["ties"].needs_base
+
+
+def test_linear_rules_stream_the_experts_and_match_the_stacked_rule():
+    torch.manual_seed(0)
+    base = torch.randn(5, 7)
+    experts = [base + torch.randn(5, 7) for _ in range(4)]
+    options = MergeOptions(**{"lambda": 0.4})
+    for name, rule in (("average", average), ("task_arithmetic", task_arithmetic)):
+        read = []
+
+        def one_at_a_time():
+            for e in experts:
+                read.append(e)
+                yield e.to(torch.bfloat16)
+
+        merged = METHODS[name].merge_tensor(base, one_at_a_time(), options)
+        assert merged.dtype == torch.bfloat16 and len(read) == 4
+        expected = rule(base, [e.to(torch.bfloat16) for e in experts], options)
+        torch.testing.assert_close(merged.float(), expected.to(torch.bfloat16).float())
+    before = [e.clone() for e in experts]
+    METHODS["average"].merge_tensor(base, experts, options)  # float32 experts: summed into a copy, not in place
+    assert all(torch.equal(a, b) for a, b in zip(before, experts))
+    ties_merged = METHODS["ties"].merge_tensor(base, iter(experts), options)  # a non-linear rule takes a list
+    torch.testing.assert_close(ties_merged, ties(base, experts, options))
