@@ -264,3 +264,33 @@ def test_templates_with_other_braces_are_used_as_text(tmp_path):
     setup = make_clip_setup(tmp_path)
     head = detect_family(setup.base, templates=["a {} photo {style}."]).zero_shot_head(["red"])
     assert head.shape == (1, 16) and torch.isfinite(head).all()
+
+
+def test_experts_are_read_a_tensor_at_a_time_never_whole(tmp_path, monkeypatch):
+    """Merging four experts never holds four experts, nor four copies of one tensor: at most two expert tensors
+    are alive at once (four embedding matrices together would exceed that)."""
+    import weakref
+
+    from commerge_ui.sources import SafetensorsWeights as Weights
+
+    setup = make_lm_setup(tmp_path, "llama", n_experts=4, layers=3, tied=False)
+    experts = {str(p) for p in setup.experts.values()}
+    live, peak, largest = [0], [0], [0]
+    real_get = Weights.get
+
+    def tracked_get(self, name):
+        tensor = real_get(self, name)
+        if str(self.folder) in experts:
+            size = tensor.numel() * tensor.element_size()
+            live[0] += size
+            peak[0], largest[0] = max(peak[0], live[0]), max(largest[0], size)
+            weakref.finalize(tensor, lambda: live.__setitem__(0, live[0] - size))
+        return tensor
+
+    monkeypatch.setattr(Weights, "get", tracked_get)
+    config = setup.config(methods=["com", "average", "task_arithmetic"])
+    for expert in config["experts"]:
+        expert.pop("evaluation")  # scoring loads one whole expert on purpose; the merge itself must not
+    run_merge(parse_config(config))
+    one_expert = sum(Weights(setup.experts["task0"]).get(n).nbytes for n in Weights(setup.experts["task0"]).names())
+    assert largest[0] > 0 and peak[0] <= 2 * largest[0] < one_expert
