@@ -58,11 +58,15 @@ def image_file(path: Path, label: str | int | None, where: str | None = None) ->
     where = where or str(path)
 
     def read() -> bytes:
-        if not path.is_file():
-            raise InputError(f"{where}: image file not found")
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise InputError(f"{where}: image file is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-        return check_image(path.read_bytes(), where)
+        try:
+            if not path.is_file():
+                raise InputError(f"{where}: image file not found")
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                raise InputError(f"{where}: image file is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+            data = path.read_bytes()
+        except (OSError, ValueError) as err:  # a name too long, a NUL byte, no permission
+            raise InputError(f"{where[:200]}: cannot read the image file ({err.__class__.__name__})") from None
+        return check_image(data, where)
 
     return ImageRef(where, label, read)
 

@@ -65,3 +65,13 @@ def test_random_csv_shapes(tmp_path, header, rows, labels):
 @given(text=st.text(max_size=500), suffix=SUFFIXES)
 def test_random_text(text, suffix):
     outcome(lambda: parse_samples(text, suffix, "fuzz"))
+
+
+@FUZZ
+@given(images=st.lists(st.text(max_size=300) | st.text(alphabet="x/.", min_size=256, max_size=5000), max_size=4),
+       labels=st.booleans())
+def test_random_image_paths(tmp_path, images, labels):
+    """Whatever an `image` field names (too long, NUL bytes, folders, '..'), the answer is an InputError."""
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(json.dumps({"image": name, "label": "a"}) + "\n" for name in images), encoding="utf-8")
+    outcome(lambda: read_samples(path, need_labels=labels))
