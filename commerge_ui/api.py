@@ -18,7 +18,7 @@ from .families import Family, detect_family
 from .methods import METHODS
 from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
-from .samples import Sample, read_samples
+from .samples import Sample, label_names, read_samples
 from .sources import ModelSource, SafetensorsWeights, resolve_model
 
 
@@ -87,7 +87,7 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
                                    need_labels=family.needs_labels)
                       if spec.evaluation else None)
         experts.append(Expert(spec.name, folder, source, calibration, evaluation, spec.weight,
-                              spec.labels or _label_names(evaluation)))
+                              spec.labels or label_names(evaluation)))
 
     def score(task: Expert, with_backbone: bool) -> float | None:
         if task.evaluation is None:
@@ -135,13 +135,6 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
     if out_dir is not None:
         report.write(out_dir / "report.json")
     return report
-
-
-def _label_names(samples: list[Sample] | None) -> list[str] | None:
-    """Class names taken from the evaluation labels when they are names (CLIP builds its heads from them)."""
-    if not samples or not all(isinstance(s.label, str) for s in samples):
-        return None
-    return sorted({str(s.label) for s in samples})
 
 
 def _encode_calibration(family: Family, processor, experts: list[Expert], max_length: int):

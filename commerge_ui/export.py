@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from PIL import Image
+
 from .config import MergeConfig, config_to_yaml
 from .errors import InputError
 from .samples import Sample, read_samples
@@ -51,10 +53,9 @@ def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
             source = getattr(expert, kind)
             if source:
                 copy = samples / f"{expert.name}_{kind}{Path(source).suffix.lower()}"
-                named = _named_images(Path(source))
                 if Path(source).is_dir():  # an image folder in class-subfolder layout
                     shutil.copytree(source, copy)
-                elif named:  # the images a .jsonl/.csv points to would not travel with it
+                elif named := _named_images(Path(source)):  # the images it points to would not travel with it
                     copy = copy.with_suffix(".zip")
                     _zip_images(named, copy)
                 else:
@@ -83,8 +84,6 @@ def _zip_images(samples: list[Sample], archive: Path) -> None:
 
 
 def _image_suffix(data: bytes | None) -> str:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data or b"")) as image:
         return (image.format or "png").lower()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .families import guess_family, same_architecture
+from .families.base import FULL_CLIP_NEEDED
 from .hub import hub_reachable
 from .sources import SafetensorsWeights, check_model_folder, hub_errors, is_repo_id, read_config_file
 
@@ -68,7 +69,7 @@ def compare_to_base(base: ModelInfo, expert: ModelInfo, limit: int = 3) -> list[
     if not same_architecture(expert.model_type, base.model_type):
         return [f"architecture '{expert.model_type}' differs from the base's '{base.model_type}'"]
     if base.family == "image-classification" and base.model_type != "clip":
-        return ["the base must be a full CLIP model: its text tower builds the zero-shot heads"]
+        return [FULL_CLIP_NEEDED]
     base_names, expert_names = _align(base.shapes, expert.shapes)
     skipped = HEAD_NAMES + UNMERGED_PARTS.get(base.family, ())
     problems = []

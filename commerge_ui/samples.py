@@ -66,6 +66,13 @@ def read_samples(path: str | Path, limit: int | None = None, seed: int = 0, need
         return [_loaded(e) for e in entries]
 
 
+def label_names(samples: list[Sample] | None) -> list[str] | None:
+    """The class names the labels spell, sorted; None when there are no samples or a label is not a name."""
+    if not samples or not all(isinstance(s.label, str) for s in samples):
+        return None
+    return sorted({str(s.label) for s in samples})
+
+
 def parse_samples(text: str, suffix: str, source: str, root: Path | None = None) -> list[Sample]:
     """Parse the contents of a sample file; `source` names it in messages, `root` anchors relative image paths."""
     return [_loaded(e) for e in _parse_entries(text, suffix, source, root or Path.cwd())]

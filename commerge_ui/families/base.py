@@ -17,6 +17,7 @@ from ..sources import ModelSource
 
 
 CLIP_TYPES = ("clip", "clip_vision_model")
+FULL_CLIP_NEEDED = "the base must be a full CLIP model (model_type 'clip'): its text tower builds the zero-shot heads"
 
 
 def same_architecture(expert_type: str, base_type: str) -> bool:

@@ -16,9 +16,9 @@ from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
 from ..images import open_rgb
-from ..samples import Sample
+from ..samples import Sample, label_names
 from ..sources import ModelSource, read_config_file
-from .base import EncodedSamples, quiet_loading
+from .base import FULL_CLIP_NEEDED, EncodedSamples, quiet_loading
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 transformers_logging.disable_progress_bar()
@@ -54,8 +54,7 @@ class ImageClassification:
 
     def __init__(self, base_folder: Path, templates: list[str] | None = None) -> None:
         if read_config_file(base_folder / "config.json").get("model_type") != "clip":
-            raise InputError(f"{base_folder}: the base must be a full CLIP model (model_type 'clip'): its text "
-                             "tower builds the zero-shot heads")
+            raise InputError(f"{base_folder}: {FULL_CLIP_NEEDED}")
         self.base_folder = base_folder
         self.templates = list(templates or DEFAULT_TEMPLATES)
         self._placement = (torch.float32, torch.device("cpu"))
@@ -98,12 +97,10 @@ class ImageClassification:
         return name.startswith("visual_projection.")  # CLIPVisionModel experts have none: the base's serves
 
     def class_names(self, samples: list[Sample], given: list[str] | None) -> list[str]:
-        if given:
-            return list(given)
-        labels = {s.label for s in samples}
-        if any(isinstance(label, int) for label in labels):
+        names = list(given or []) or label_names(samples)
+        if not names:
             raise InputError("integer labels need the task's class names: set 'labels' for this expert")
-        return sorted(str(label) for label in labels)
+        return names
 
     def zero_shot_head(self, class_names: list[str]) -> torch.Tensor:
         """[classes, dim]: each class's prompts through the base's text tower, averaged and normalized."""
