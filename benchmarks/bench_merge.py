@@ -12,6 +12,7 @@ import gc
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -71,8 +72,8 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
     dtype = next(backbone.parameters()).dtype
     masks = [encoded.token_mask[t.rows] for t in tasks]
 
-    def average(name: str, experts: list[torch.Tensor], param: torch.Tensor) -> None:
-        param.copy_(torch.stack(experts).mean(0))
+    def average(name: str, experts: Iterable[torch.Tensor], param: torch.Tensor) -> None:
+        param.copy_(torch.stack(list(experts)).mean(0))
 
     with torch.no_grad():
         expert_streams, start = initial_streams(FAMILY, backbone, tasks, encoded, average)

@@ -33,6 +33,10 @@ class Expert:
     labels: list[str] | None  # class names, where the family builds its heads from them
 
 
+OUT_OF_GPU_MEMORY = ("out of GPU memory: use fewer calibration samples, a smaller max_length, "
+                     "--dtype bfloat16 or --device cpu")
+
+
 def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] | None = None,
               device: str = "auto", dtype: str = "float32", token: str | None = None,
               progress: Callable[[ProgressEvent], None] | None = None,
@@ -43,7 +47,20 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
     With `out_dir`, writes report.json there and a loadable model folder for each method in `save`.
     `progress` is called after every layer group; `cancel` is polled there and raises Cancelled.
     The token only reaches the Hub download; it is never stored or logged.
+    Running out of GPU memory anywhere (loading, scoring, merging) raises MergeError with what to change.
     """
+    try:
+        return _run_merge(config, out_dir, save, device, dtype, token, progress, cancel, log)
+    except torch.cuda.OutOfMemoryError:
+        raise MergeError(OUT_OF_GPU_MEMORY) from None
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what a failed or finished run cached is given back to the next one
+
+
+def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None, device: str, dtype: str,
+               token: str | None, progress: Callable[[ProgressEvent], None] | None,
+               cancel: Callable[[], bool] | None, log: Callable[[str], None] | None) -> Report:
     say = log or (lambda message: None)
     options = config.options
     save = list(save or [])
@@ -108,11 +125,7 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
         say(f"merging with {method.title}")
         memory = PeakMemory(torch_device)
         began = time.perf_counter()
-        try:
-            trace = merge(method, family, backbone, base, tasks, calibration, options, progress, cancel, memory)
-        except torch.cuda.OutOfMemoryError:
-            raise MergeError("out of GPU memory: use fewer calibration samples, a smaller max_length, "
-                             "--dtype bfloat16 or --device cpu") from None
+        trace = merge(method, family, backbone, base, tasks, calibration, options, progress, cancel, memory)
         seconds = time.perf_counter() - began
         layers = trace.layers
         scores = {e.name: score(e, with_backbone=True) for e in experts}

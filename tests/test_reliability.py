@@ -115,6 +115,19 @@ def test_out_of_memory_through_the_api_keeps_the_process_up(tiny, monkeypatch):
         api.run_merge(parse_config(tiny.config(methods=["com"])), device="cpu")
 
 
+def test_out_of_memory_while_scoring_is_the_same_message(tmp_path, tiny, capsys, monkeypatch):
+    """Not only the merge step: loading and scoring run on the GPU too (a real cap is in test_cuda.py)."""
+    from commerge_ui.families.text_classification import TextClassification
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+
+    monkeypatch.setattr(TextClassification, "score", out_of_memory)
+    code, err = run_cli(tmp_path, tiny.config(methods=["com"]), capsys)
+    assert code == 1 and err.strip().startswith("error: out of GPU memory:")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_token_is_never_written(tmp_path, tiny, capsys, monkeypatch):
     code, err = run_cli(tmp_path, tiny.config(methods=["com"]), capsys, env_token="hf_topsecret",
                         monkeypatch=monkeypatch)
