@@ -39,8 +39,10 @@ def test_com_beats_regmean_on_the_demo(tmp_path):
 
     ensure_demo()
     config = load_config(DEMO_CONFIG)
-    report = run_merge(config.model_copy(update={"methods": ["com", "regmean"]}), out_dir=tmp_path, device="cpu")
+    report = run_merge(config.model_copy(update={"methods": ["com", "regmean", "average"]}), out_dir=tmp_path,
+                       device="cpu")
     com, regmean = report.methods["com"], report.methods["regmean"]
+    experts = sum(e["score"] for e in report.experts.values()) / len(report.experts)
 
     def last(shift):
         return sum(s[-1] for s in shift.values()) / len(shift)
@@ -50,4 +52,5 @@ def test_com_beats_regmean_on_the_demo(tmp_path):
     assert last(com.block_shift) < last(regmean.block_shift)
     assert json.loads((tmp_path / "report.json").read_text())["family"] == "text-classification"
     assert all(score >= 0.9 for score in (e["score"] for e in report.experts.values()))
+    assert report.methods["average"].average_score <= experts - 0.10  # hard enough that a data-free merge loses
     assert (DEMO_DIR / "models" / "recipe.json").is_file()

@@ -20,8 +20,8 @@ from .sentences import TASKS, sentences
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
 DEMO_CONFIG = DEMO_DIR / "demo.yaml"
-RECIPE = {"version": 3, "seed": 0, "train_samples": 3000, "steps": 80, "batch_size": 32, "lr": 2e-4,
-          "max_length": 40}
+RECIPE = {"version": 4, "tasks": list(TASKS), "seed": 0, "train_samples": 3000, "steps": 80, "batch_size": 32,
+          "lr": 2e-4, "max_length": 40}
 BASE_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
               "special_tokens_map.json"]
 EVAL_SAMPLES, CALIBRATION_SAMPLES = 300, 256
@@ -96,26 +96,28 @@ def build_models(root: Path = DEMO_DIR, log: Callable[[str], None] = print) -> N
     partial.rename(models)
 
 
-def fine_tune(base: Path, task: str, out: Path, seed: int) -> float:
+def fine_tune(base: Path, task: str, out: Path, seed: int, recipe: dict | None = None, device: str = "cpu") -> float:
     """Full fine-tuning of the base on one task's labels; returns accuracy on a held-out set."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
+    recipe = recipe or RECIPE
     transformers_logging.set_verbosity_error()
     labels = TASKS[task]
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-    train = sentences(task, RECIPE["train_samples"], seed=seed + 10_000)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=0.01)
+        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+    ).to(device)
+    train = sentences(task, recipe["train_samples"], seed=seed + 10_000)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for step in range(RECIPE["steps"]):
-        batch_ids = torch.randint(len(train), (RECIPE["batch_size"],), generator=generator).tolist()
+    for step in range(recipe["steps"]):
+        batch_ids = torch.randint(len(train), (recipe["batch_size"],), generator=generator).tolist()
         batch = tokenizer([train[i].text for i in batch_ids], padding=True, truncation=True,
-                          max_length=RECIPE["max_length"], return_tensors="pt")
-        target = torch.tensor([labels.index(train[i].label) for i in batch_ids])
+                          max_length=recipe["max_length"], return_tensors="pt").to(device)
+        target = torch.tensor([labels.index(train[i].label) for i in batch_ids], device=device)
         loss = torch.nn.functional.cross_entropy(model(**batch).logits, target)
         optimizer.zero_grad()
         loss.backward()
@@ -123,9 +125,9 @@ def fine_tune(base: Path, task: str, out: Path, seed: int) -> float:
     model.eval()
     unseen = held_out(task, seed=seed + 20_000, training_seed=seed + 10_000)
     with torch.no_grad():
-        batch = tokenizer([s.text for s in unseen], padding=True, return_tensors="pt")
-        predictions = model(**batch).logits.argmax(-1)
+        batch = tokenizer([s.text for s in unseen], padding=True, return_tensors="pt").to(device)
+        predictions = model(**batch).logits.argmax(-1).cpu()
     accuracy = sum(int(p) == labels.index(s.label) for p, s in zip(predictions, unseen)) / len(unseen)
-    model.save_pretrained(out)
+    model.to("cpu").save_pretrained(out)
     tokenizer.save_pretrained(out)
     return accuracy
