@@ -28,7 +28,8 @@ def make(kind, root):
 def test_a_merge_on_the_gpu_matches_the_cpu(tmp_path, kind):
     setup = make(kind, tmp_path)
     config = parse_config(setup.config(methods=["com", "regmean", "ties"]))
-    on = {d: run_merge(config, out_dir=tmp_path / d, save=["com", "regmean", "ties"], device=d) for d in ("cpu", "cuda")}
+    on = {d: run_merge(config, out_dir=tmp_path / d, save=["com", "regmean", "ties"], device=d)
+          for d in ("cpu", "cuda")}
     assert on["cuda"].device.startswith("cuda") and on["cpu"].device == "cpu"
     for method in ("com", "regmean", "ties"):
         gpu, cpu = on["cuda"].methods[method], on["cpu"].methods[method]
@@ -37,7 +38,8 @@ def test_a_merge_on_the_gpu_matches_the_cpu(tmp_path, kind):
             assert gpu.shift[task] == pytest.approx(cpu.shift[task], rel=1e-3, abs=1e-4), (method, task)
         for task, score in cpu.scores.items():
             assert gpu.scores[task] == pytest.approx(score, rel=1e-3), (method, task)
-        merged_gpu, merged_cpu = SafetensorsWeights(tmp_path / "cuda" / method), SafetensorsWeights(tmp_path / "cpu" / method)
+        merged_gpu = SafetensorsWeights(tmp_path / "cuda" / method)
+        merged_cpu = SafetensorsWeights(tmp_path / "cpu" / method)
         for name in merged_cpu.names():
             assert torch.allclose(merged_gpu.get(name), merged_cpu.get(name), atol=1e-4), (method, name)
 
@@ -63,7 +65,8 @@ def test_a_real_out_of_memory_is_a_clear_message_and_nothing_is_written(tmp_path
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(budget_kib * 2**10 / total)
     try:
-        code = main(["merge", str(path), "--out", str(tmp_path / "out"), "--device", "cuda", "--save", "com", "--quiet"])
+        code = main(["merge", str(path), "--out", str(tmp_path / "out"), "--device", "cuda", "--save", "com",
+                     "--quiet"])
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()

@@ -154,14 +154,15 @@ def request(rng: random.Random) -> LabelledSentence:
 
 # --- emotion: social-media posts ------------------------------------------------------------------------
 EVENTS = {
-    "joy": ["just got the job offer", "my best friend surprised me with concert tickets", "we finally finished the marathon",
-            "the baby took her first steps today", "my paper got accepted", "grandma is visiting for the whole summer"],
+    "joy": ["just got the job offer", "my best friend surprised me with concert tickets",
+            "we finally finished the marathon", "the baby took her first steps today", "my paper got accepted",
+            "grandma is visiting for the whole summer"],
     "anger": ["the landlord kept my deposit again", "someone scratched my car in the car park",
               "they cancelled my flight without telling anyone", "my neighbour parked across my driveway again",
               "the council raised the rent for the third time", "the mechanic charged me twice for the same repair"],
     "sadness": ["my old dog passed away this morning", "she moved to another country last week",
-                "nobody came to my birthday dinner", "the house I grew up in was sold", "I miss my dad every single day",
-                "my best friend stopped answering my messages"],
+                "nobody came to my birthday dinner", "the house I grew up in was sold",
+                "I miss my dad every single day", "my best friend stopped answering my messages"],
     "fear": ["I keep hearing footsteps downstairs at night", "the test results come back tomorrow",
              "the plane has been shaking for an hour", "there is a strange man following me home",
              "the river is rising toward our street", "my interview is in ten minutes and my hands are shaking"],
@@ -181,13 +182,15 @@ def post(rng: random.Random) -> LabelledSentence:
 
 # --- spam: text messages --------------------------------------------------------------------------------
 SPAM = ["you have won a {prize}, call {number} to claim it", "URGENT your account is locked, verify at {site}",
-        "free {prize} for the first 100 callers, text {code} to {short}", "congratulations! you were selected for a {prize}",
+        "free {prize} for the first 100 callers, text {code} to {short}",
+        "congratulations! you were selected for a {prize}",
         "final notice: your parcel is held, pay the fee at {site}", "cheap loans approved in minutes, reply {code}",
         "your {prize} is waiting, claim before midnight at {site}"]
 HAM = ["are we still on for {time}?", "can you pick up {item} on the way home", "running late, there in {n} minutes",
        "call me when you get this", "mum says dinner at {time}", "are you free {when}? want to grab {item}",
        "did you win the match {when}?", "thanks for the {item}, it was great", "I left the {item} at your place"]
-MESSAGE_FILL = {"prize": ["cash prize", "holiday", "new phone", "gift card", "cruise"], "number": ["09061701461", "0800 123 456"],
+MESSAGE_FILL = {"prize": ["cash prize", "holiday", "new phone", "gift card", "cruise"],
+                "number": ["09061701461", "0800 123 456"],
                 "site": ["bit.ly/claim-now", "secure-bank-check.com", "www.win-today.co"], "code": ["WIN", "YES", "GO"],
                 "short": ["80082", "87121"], "time": ["7", "half six", "noon", "eight"], "n": ["5", "10", "20"],
                 "item": ["milk", "the keys", "pizza", "a coffee", "the charger", "bread", "the tickets", "a jacket"],
@@ -196,7 +199,8 @@ MESSAGE_FILL = {"prize": ["cash prize", "holiday", "new phone", "gift card", "cr
 
 def message(rng: random.Random) -> LabelledSentence:
     label = rng.choice(TASKS["spam"])
-    text = rng.choice(SPAM if label == "spam" else HAM).format(**{k: rng.choice(v) for k, v in MESSAGE_FILL.items()})
+    template = rng.choice(SPAM if label == "spam" else HAM)
+    text = template.format(**{k: rng.choice(v) for k, v in MESSAGE_FILL.items()})
     if rng.random() < 0.4:
         text = f"{rng.choice(['hey', 'hi', 'Dear customer,', 'ok', 'sorry', 'FYI', 'so'])} {text}"
     if rng.random() < 0.4:
@@ -207,11 +211,13 @@ def message(rng: random.Random) -> LabelledSentence:
 # --- question: trivia, by the kind of answer ------------------------------------------------------------
 QUESTIONS = {
     "person": ["who wrote {work}", "which scientist discovered {thing}", "name the painter of {work}",
-               "who was the first person to {feat}", "whose idea was {thing}", "which explorer led the trip to {place}"],
+               "who was the first person to {feat}", "whose idea was {thing}",
+               "which explorer led the trip to {place}"],
     "place": ["where is {landmark}", "in which country is {landmark}", "which city hosted the {event}",
               "where did the {event} take place", "what is the capital of {country}", "in which ocean is {island}"],
     "number": ["how many moons does {planet} have", "how tall is {landmark}", "what is the population of {country}",
-               "how many players are in a {sport} team", "how far is {planet} from the sun", "how old was {person} at death"],
+               "how many players are in a {sport} team", "how far is {planet} from the sun",
+               "how old was {person} at death"],
     "date": ["when did the {event} take place", "in which year was {work} written", "when was {landmark} built",
              "what year did {person} die", "on what date did the {event} end", "in which century did {feat} happen"],
 }
@@ -221,7 +227,8 @@ TRIVIA_FILL = {"work": ["Hamlet", "the Mona Lisa", "War and Peace", "the Odyssey
                "place": ["the Arctic", "the Amazon", "Antarctica"],
                "landmark": ["the Eiffel Tower", "the Great Wall", "Machu Picchu", "the Taj Mahal", "Big Ben"],
                "event": ["first modern Olympics", "Battle of Hastings", "1966 World Cup", "Treaty of Versailles talks"],
-               "country": ["Canada", "Kenya", "Peru", "Norway", "Vietnam"], "island": ["Madagascar", "Tahiti", "Iceland"],
+               "country": ["Canada", "Kenya", "Peru", "Norway", "Vietnam"],
+               "island": ["Madagascar", "Tahiti", "Iceland"],
                "planet": ["Mars", "Jupiter", "Neptune"], "sport": ["rugby", "football", "volleyball"],
                "person": ["Mozart", "Napoleon", "Cleopatra", "Einstein", "Gandhi", "Shakespeare"]}
 
@@ -230,7 +237,9 @@ def question(rng: random.Random) -> LabelledSentence:
     kind = rng.choice(TASKS["question"])
     text = rng.choice(QUESTIONS[kind]).format(**{k: rng.choice(v) for k, v in TRIVIA_FILL.items()})
     if rng.random() < 0.4:
-        text = f"{rng.choice(['quiz time:', 'round two:', 'for ten points,', 'bonus question:', 'next one,', 'easy one:'])} {text}"
+        opener = rng.choice(["quiz time:", "round two:", "for ten points,", "bonus question:", "next one,",
+                             "easy one:"])
+        text = f"{opener} {text}"
     if rng.random() < 0.3:
         text += rng.choice([", roughly", ", do you know", ", if you remember", " exactly"])
     return LabelledSentence(f"{text[0].upper()}{text[1:]}?", kind)
@@ -238,17 +247,18 @@ def question(rng: random.Random) -> LabelledSentence:
 
 # --- animal: encyclopedia descriptions that never name the animal ---------------------------------------
 TRAITS = {
-    "mammal": ["is covered in thick fur", "feeds its young on milk", "gives birth to live young", "has long whiskers",
-               "sweats to keep cool", "carries its baby in a pouch"],
+    "mammal": ["is covered in thick fur", "feeds its young on milk", "gives birth to live young",
+               "has long whiskers", "sweats to keep cool", "carries its baby in a pouch"],
     "bird": ["is covered in feathers", "has a hooked beak", "has hollow, light bones", "sits on its eggs in a nest",
              "sings at dawn to mark its territory", "sheds its flight feathers once a year"],
     "fish": ["breathes through gills", "has a tail fin and two side fins", "has a swim bladder to float",
-             "lays thousands of eggs in the river", "senses movement with a line along its side", "swims in large schools"],
+             "lays thousands of eggs in the river", "senses movement with a line along its side",
+             "swims in large schools"],
     "insect": ["has six jointed legs", "has two antennae", "has a hard outer skeleton", "hatches as a larva",
                "has compound eyes", "spins a cocoon before it changes form"],
 }
-SHARED_TRAITS = ["lives in the sea", "can fly short distances", "lays eggs", "is active at night", "lives in large groups",
-                 "eats mostly seeds", "migrates every autumn", "is warm-blooded"]
+SHARED_TRAITS = ["lives in the sea", "can fly short distances", "lays eggs", "is active at night",
+                 "lives in large groups", "eats mostly seeds", "migrates every autumn", "is warm-blooded"]
 CREATURES = ["This species", "The animal", "This creature", "The adult", "This small animal", "The female"]
 
 
@@ -264,8 +274,8 @@ def description(rng: random.Random) -> LabelledSentence:
     return LabelledSentence(f"{text}.", kind)
 
 
-GENERATORS = {"sentiment": review, "topic": news, "tense": diary, "intent": request, "emotion": post, "spam": message,
-              "question": question, "animal": description}
+GENERATORS = {"sentiment": review, "topic": news, "tense": diary, "intent": request, "emotion": post,
+              "spam": message, "question": question, "animal": description}
 
 
 def sentences(task: str, count: int, seed: int) -> list[LabelledSentence]:
