@@ -19,21 +19,10 @@ from pathlib import Path
 
 from commerge_ui.api import run_merge
 from commerge_ui.config import parse_config
-from commerge_ui.demo.build import CALIBRATION_SAMPLES, RECIPE, base_model_folder, fine_tune, held_out
-from commerge_ui.demo.sentences import TASKS, sentences
+from commerge_ui.demo.build import RECIPE, base_model_folder, fine_tune, write_task_samples
+from commerge_ui.demo.sentences import TASKS
 
 METHODS = ["com", "regmean", "ties", "task_arithmetic", "average"]
-
-
-def write_data(data: Path, task: str) -> tuple[Path, Path]:
-    index = list(TASKS).index(task)
-    data.mkdir(parents=True, exist_ok=True)
-    calibration, evaluation = data / f"{task}_calibration.txt", data / f"{task}_eval.jsonl"
-    if not evaluation.is_file():
-        calibration.write_text("".join(s.text + "\n" for s in sentences(task, CALIBRATION_SAMPLES, 1000 + index)))
-        chosen = held_out(task, seed=2000 + index, training_seed=RECIPE["seed"] + index + 10_000)
-        evaluation.write_text("".join(json.dumps({"text": s.text, "label": s.label}) + "\n" for s in chosen))
-    return calibration, evaluation
 
 
 def expert(out: Path, base: Path, task: str, steps: int, lr: float, device: str) -> Path:
@@ -65,15 +54,13 @@ def main() -> None:
     header = ["recipe", "samples", "experts"] + METHODS + ["shift com", "shift regmean", "com s", "regmean s",
                                          "com MiB", "regmean MiB"]
     rows = []
+    samples = {task: write_task_samples(args.out / "data", task) for task in tasks}
     for recipe in args.recipes.split(","):
         steps, lr = int(recipe.split(":")[0]), float(recipe.split(":")[1])
         folders = {task: expert(args.out, base, task, steps, lr, args.device) for task in tasks}
+        experts = [{"name": task, "model": str(folders[task]), "calibration": str(samples[task][0]),
+                    "evaluation": str(samples[task][1])} for task in tasks]
         for count in [int(c) for c in args.calibration.split(",")]:
-            experts = []
-            for task in tasks:
-                calibration, evaluation = write_data(args.out / "data", task)
-                experts.append({"name": task, "model": str(folders[task]), "calibration": str(calibration),
-                                "evaluation": str(evaluation)})
             config = parse_config({"base": str(base), "family": "text-classification", "experts": experts,
                                    "methods": METHODS, "options": {"calibration_samples": count, "alpha": args.alpha,
                                                                    "lambda": args.lam, "max_length": 48, "seed": 0}})

@@ -18,13 +18,11 @@ from commerge_ui.config import load_config
 from commerge_ui.samples import read_samples
 
 
-def last_hidden(folder: Path, texts: list[str], tokenizer) -> torch.Tensor:
-    model = AutoModel.from_pretrained(folder).eval()
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+def last_hidden(model: torch.nn.Module, texts: list[str], tokenizer, max_length: int) -> torch.Tensor:
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].bool()
-    return hidden[mask]
+    return hidden[batch["attention_mask"].bool()]
 
 
 def main(config_path: str, out_dir: str, *methods: str) -> None:
@@ -32,15 +30,15 @@ def main(config_path: str, out_dir: str, *methods: str) -> None:
     transformers_logging.disable_progress_bar()
     config = load_config(config_path)
     tokenizer = AutoTokenizer.from_pretrained(config.base)
+    max_length = config.options.max_length
+    merged = {m: AutoModel.from_pretrained(Path(out_dir) / m).eval() for m in methods}
     print("task".ljust(10) + "".join(m.rjust(10) for m in methods))
     totals = [0.0] * len(methods)
     for expert in config.experts:
         texts = [s.text for s in read_samples(expert.evaluation, need_labels=True)]
-        exact = last_hidden(Path(expert.model), texts, tokenizer)
-        shifts = []
-        for method in methods:
-            merged = last_hidden(Path(out_dir) / method, texts, tokenizer)
-            shifts.append(float(torch.linalg.vector_norm(merged - exact) / torch.linalg.vector_norm(exact)))
+        exact = last_hidden(AutoModel.from_pretrained(expert.model).eval(), texts, tokenizer, max_length)
+        shifts = [float(torch.linalg.vector_norm(last_hidden(merged[m], texts, tokenizer, max_length) - exact)
+                        / torch.linalg.vector_norm(exact)) for m in methods]
         print(expert.name.ljust(10) + "".join(f"{s:10.3f}" for s in shifts))
         totals = [t + s for t, s in zip(totals, shifts)]
     print("mean".ljust(10) + "".join(f"{t / len(config.experts):10.3f}" for t in totals))

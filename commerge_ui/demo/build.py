@@ -50,14 +50,19 @@ def ensure_demo(root: Path = DEMO_DIR, log: Callable[[str], None] = print) -> No
 
 def write_samples(root: Path = DEMO_DIR) -> None:
     """The committed sample files: unlabelled calibration text and labelled evaluation sets per task."""
-    data = root / "data"
+    for task in TASKS:
+        write_task_samples(root / "data", task)
+
+
+def write_task_samples(data: Path, task: str) -> tuple[Path, Path]:
+    """One task's calibration and evaluation files in `data`; the seeds follow the task's place in TASKS."""
+    offset = list(TASKS).index(task)
     data.mkdir(parents=True, exist_ok=True)
-    for offset, task in enumerate(TASKS):
-        calibration = sentences(task, CALIBRATION_SAMPLES, seed=1000 + offset)
-        (data / f"{task}_calibration.txt").write_text("".join(s.text + "\n" for s in calibration))
-        evaluation = held_out(task, seed=2000 + offset, training_seed=RECIPE["seed"] + offset + 10_000)
-        (data / f"{task}_eval.jsonl").write_text(
-            "".join(json.dumps({"text": s.text, "label": s.label}) + "\n" for s in evaluation))
+    calibration, evaluation = data / f"{task}_calibration.txt", data / f"{task}_eval.jsonl"
+    calibration.write_text("".join(s.text + "\n" for s in sentences(task, CALIBRATION_SAMPLES, seed=1000 + offset)))
+    chosen = held_out(task, seed=2000 + offset, training_seed=RECIPE["seed"] + offset + 10_000)
+    evaluation.write_text("".join(json.dumps({"text": s.text, "label": s.label}) + "\n" for s in chosen))
+    return calibration, evaluation
 
 
 def held_out(task: str, seed: int, training_seed: int) -> list:
