@@ -22,11 +22,10 @@ from torch import nn
 from .config import MergeOptions
 from .errors import Cancelled
 from .families.base import EncodedSamples, Family
-from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, linear_shape, pre_hooks,
-                     set_group_weight)
+from .layers import LayerGroup, find_layer_groups, group_weight, has_bias, pre_hooks, set_group_weight
 from .methods import Method
 from .resources import PeakMemory
-from .solve import augment, com_terms, regmean_terms, solve_group, task_scale
+from .solve import augment, com_terms, mean_weight, regmean_terms, solve_group, task_scale
 from .sources import ModelSource
 
 
@@ -106,11 +105,6 @@ def _load_block(template: nn.Module, source: ModelSource, path: str, dtype: torc
     return block
 
 
-def _outputs_narrower(modules: list[nn.Module]) -> bool:
-    """True when X̂ᵀY (d_in × Σd_out) is cheaper to accumulate than X̂ᵀX (d_in × d_in)."""
-    return sum(linear_shape(m)[1] for m in modules) < linear_shape(modules[0])[0]
-
-
 class _BlockMerger:
     """Merges one block: expert passes, then the merged pass with a solve at each layer group."""
 
@@ -124,56 +118,43 @@ class _BlockMerger:
         return self.options.bias == "regress" and has_bias(modules)
 
     def expert_pass(self, expert_block: nn.Module, stream: Stream, mask: torch.Tensor,
-                    groups: list[LayerGroup], want_outputs: set[LayerGroup]):
-        """Run one expert's block on its stream; returns its output and each group's inputs (and outputs)."""
+                    groups: list[LayerGroup]) -> tuple[torch.Tensor, dict[LayerGroup, torch.Tensor]]:
+        """Run one expert's block on its stream; returns its output and each group's inputs X_i."""
         inputs: dict[LayerGroup, torch.Tensor] = {}
-        outputs: dict[LayerGroup, list[torch.Tensor]] = {g: [] for g in want_outputs}
 
         def keep_input(group: LayerGroup):
             def hook(module: nn.Module, args: tuple) -> None:
                 inputs.setdefault(group, args[0][mask].to(self.stat_dtype))
             return hook
 
-        def keep_output(group: LayerGroup):
-            def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-                outputs[group].append(out[mask].to(self.stat_dtype))
-            return hook
-
-        handles = [expert_block.get_submodule(n).register_forward_hook(keep_output(g))
-                   for g in want_outputs for n in g.names]
-        try:
-            with pre_hooks(expert_block, {g.names[0]: keep_input(g) for g in groups}):
-                out = run_block(expert_block, stream)
-        finally:
-            for h in handles:
-                h.remove()
-        return out, inputs, {g: torch.cat(ys, dim=1) for g, ys in outputs.items()}
+        with pre_hooks(expert_block, {g.names[0]: keep_input(g) for g in groups}):
+            out = run_block(expert_block, stream)
+        return out, inputs
 
     def solve(self, group: LayerGroup, label: str, merged_modules: list[nn.Module],
-              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor], xs: list[torch.Tensor],
-              ys: list[torch.Tensor | None]) -> None:
+              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor], xs: list[torch.Tensor]) -> None:
         """Solve one layer group from the tasks' statistics and write it into the merged block."""
         o = self.options
         bias = self.with_bias(merged_modules)
         weights = [group_weight(g, bias).to(self.stat_dtype) for g in (group.modules(b) for b in expert_blocks)]
-        ridge, anchor, alpha = 0.0, None, o.alpha
+        w_mean = mean_weight(weights)
+        ridge, alpha = 0.0, o.alpha
         if self.method.name == "com" and o.com_regularization == "ridge":
-            ridge, anchor, alpha = o.ridge, torch.stack(weights).mean(dim=0), 1.0
+            ridge, alpha = o.ridge, 1.0
         terms = []
-        for task, x_hat, x, y, w in zip(self.tasks, x_hats, xs, ys, weights):
+        for task, x_hat, x, w in zip(self.tasks, x_hats, xs, weights):
             if self.method.name == "regmean":
-                t = regmean_terms(augment(x, bias), w, alpha)
+                t = regmean_terms(augment(x, bias), w, w_mean, alpha)
             else:
-                t = com_terms(augment(x_hat, bias), augment(x, bias), w, alpha, o.target, y)
+                t = com_terms(augment(x_hat, bias), augment(x, bias), w, w_mean, alpha, o.target)
             terms.append(task_scale(t, x.shape[0], o.normalize, task.weight))
-        merged, warning = solve_group(terms, ridge=ridge, anchor=anchor, where=label)
+        merged, warning = solve_group(terms, w_mean, ridge=ridge, where=label)
         if warning:
             self.trace.warnings.append(warning)
         set_group_weight(merged_modules, merged, bias)
 
     def merged_pass(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
-                    expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]],
-                    ys: list[dict[LayerGroup, torch.Tensor]]) -> torch.Tensor:
+                    expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> torch.Tensor:
         done: set[LayerGroup] = set()
 
         def at_group(group: LayerGroup, label: str):
@@ -186,8 +167,7 @@ class _BlockMerger:
                 for task, x_hat, x in zip(self.tasks, x_hats, expert_x):
                     self.trace.shift[task.name].append(relative_error(x_hat, x))
                 if self.method.regression:
-                    self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x,
-                               [y.get(group) for y in ys])
+                    self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x)
                 done.add(group)
                 self.on_group(label)
             return hook
@@ -252,27 +232,23 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
             counter["total"] = counter["total"] or len(groups) * len(blocks)
             trace.layers.extend(labels)
             merger = _BlockMerger(method, options, tasks, masks, trace, on_group)
-            want_outputs = set()
-            if method.name == "com" and options.target == "expert_outputs":
-                want_outputs = {g for g in groups if _outputs_narrower(g.modules(block))}
-            expert_blocks, xs, ys, expert_outs = [], [], [], []
+            expert_blocks, xs, expert_outs = [], [], []
             for task, stream, mask in zip(tasks, expert_streams, masks):
                 expert_block = _load_block(block, task.source, path, dtype)
-                out, x, y = merger.expert_pass(expert_block, stream, mask, groups, want_outputs)
+                out, x = merger.expert_pass(expert_block, stream, mask, groups)
                 stream.hidden = out
                 expert_blocks.append(expert_block)
                 xs.append(x)
-                ys.append(y)
                 expert_outs.append(out[mask].to(merger.stat_dtype))
             # Everything is first merged by the method's rule (LayerNorms stay so; solved groups are overwritten).
             for name, param in block.named_parameters():
                 merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
-            merged_stream.hidden = merger.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs, ys)
+            merged_stream.hidden = merger.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
             for task, mask, expert_out in zip(tasks, masks, expert_outs):
                 merged_out = merged_stream.hidden[task.rows][mask].to(merger.stat_dtype)
                 trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
             memory.sample()
-            del expert_blocks, xs, ys, expert_outs
+            del expert_blocks, xs, expert_outs
     return trace
 
 

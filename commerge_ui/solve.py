@@ -14,10 +14,10 @@ from .errors import MergeError
 
 @dataclass
 class TaskTerms:
-    """One task's contribution to the normal equations A W = B of a layer group."""
+    """One task's contribution to the normal equations A Δ = B of a layer group, where W* = W̄ + Δ."""
 
-    lhs: torch.Tensor  # A_i [d, d]
-    rhs: torch.Tensor  # B_i [d, d_out]
+    lhs: torch.Tensor  # A_i [d, d], in the statistics dtype
+    rhs: torch.Tensor  # B_i [d, d_out], float64
 
 
 def augment(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
@@ -30,22 +30,42 @@ def shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * gram + (1 - alpha) * torch.diag_embed(torch.diagonal(gram))
 
 
-def regmean_terms(x: torch.Tensor, w: torch.Tensor, alpha: float) -> TaskTerms:
-    # RegMean: A_i = G̃_i, B_i = G̃_i W_i, with G_i = X_iᵀX_i from the unmerged expert
+def mean_weight(weights: list[torch.Tensor]) -> torch.Tensor:
+    """W̄ in float64: exact for identical experts, so their merge is the expert to the last bit."""
+    return torch.stack([w.double() for w in weights]).mean(dim=0)
+
+
+# Why Δ = W* − W̄ and not W* itself: the statistics are float32 by default and real LLM activations make A
+# ill-conditioned. Solving A W* = Σ G_i W_i with B formed in float32 mixes A's rounding with B's, and the
+# solve amplifies the mismatch (3e-3 relative on SmolLM2 for identical experts). B below is built in float64
+# from differences (W_i − W̄, X − X̂) that are exactly zero when the experts agree, so identical experts give
+# Δ = 0 whatever the statistics dtype, and otherwise rounding only touches the (small) correction.
+
+def regmean_terms(x: torch.Tensor, w: torch.Tensor, w_mean: torch.Tensor, alpha: float) -> TaskTerms:
+    # RegMean: A_i = G̃_i, B_i = G̃_i (W_i − W̄), with G_i = X_iᵀX_i from the unmerged expert
     g = shrink(x.T @ x, alpha)
-    return TaskTerms(g, g @ w)
+    return TaskTerms(g, g.double() @ (w.double() - w_mean))
 
 
-def com_terms(x_hat: torch.Tensor, x: torch.Tensor, w: torch.Tensor, alpha: float, target: str,
-              y: torch.Tensor | None = None) -> TaskTerms:
-    # CoM: A_i = shrink(X̂_iᵀX̂_i), B_i = shrink(X̂_iᵀX_i) W_i = α·X̂_iᵀY_i + (1−α)·diag(X̂_iᵀX_i) W_i
-    a = shrink(x_hat.T @ x_hat, alpha)
+def com_terms(x_hat: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w_mean: torch.Tensor, alpha: float,
+              target: str) -> TaskTerms:
+    """CoM: W* = argmin Σ_i ‖X̂_i W − X_i W_i‖², the α-shrink applied alike to X̂ᵀX̂ and X̂ᵀX."""
+    # A_i = shrink(X̂ᵀX̂);  B_i = shrink(X̂ᵀX) W_i − A_i W̄ = shrink(X̂ᵀX̂)(W_i − W̄) + shrink(X̂ᵀ(X − X̂)) W_i
+    gram = x_hat.T @ x_hat
+    a = shrink(gram, alpha)
+    step = w.double() - w_mean
     if target == "expert_weights":  # per-layer RegMean++: pull toward W_i under the merged inputs' Gram
-        return TaskTerms(a, a @ w)
-    if y is not None:  # X̂ᵀY is cheaper than X̂ᵀX when the group's outputs are narrower than its inputs
-        diag = (x_hat * x).sum(dim=0)
-        return TaskTerms(a, alpha * (x_hat.T @ y) + (1 - alpha) * diag[:, None] * w)
-    return TaskTerms(a, shrink(x_hat.T @ x, alpha) @ w)
+        return TaskTerms(a, a.double() @ step)
+    drift = x - x_hat  # zero where the merged prefix reproduces the expert's inputs
+    d_in, d_out = w.shape
+    if 3 * d_out < d_in:  # narrow outputs: X̂ᵀ[(X − X̂)W_i] costs 2·N·d_in·d_out, less than X̂ᵀ(X − X̂)
+        cross = x_hat.T @ (drift @ w.to(drift.dtype))
+        diagonal = (x_hat * drift).sum(dim=0)
+        rhs = (a.double() @ step + alpha * cross.double()
+               + (1 - alpha) * diagonal.double()[:, None] * w.double())
+    else:
+        rhs = a.double() @ step + shrink(x_hat.T @ drift, alpha).double() @ w.double()
+    return TaskTerms(a, rhs)
 
 
 def task_scale(terms: TaskTerms, tokens: int, normalize: str, weight: float) -> TaskTerms:
@@ -59,19 +79,19 @@ def task_scale(terms: TaskTerms, tokens: int, normalize: str, weight: float) -> 
     return TaskTerms(terms.lhs * scale, terms.rhs * scale)
 
 
-def solve_group(terms: list[TaskTerms], ridge: float = 0.0, anchor: torch.Tensor | None = None,
+def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0,
                 where: str = "layer") -> tuple[torch.Tensor, str | None]:
-    """W* = (Σ A_i + μI)⁻¹ (Σ B_i + μ·anchor), μ = ridge·mean(diag Σ A_i); returns W* and a warning if any.
+    """W* = W̄ + (Σ A_i + μI)⁻¹ Σ B_i, μ = ridge·mean(diag Σ A_i) (a ridge toward W̄); returns W* (float64)
+    and a warning if any.
 
-    Solved in float64 with a Cholesky factorisation; a singular system gets a growing ridge toward
-    `anchor` (or zero) and a warning naming the layer.
+    Solved in float64 with a Cholesky factorisation; a singular system gets a growing ridge (toward W̄) and a
+    warning naming the layer.
     """
-    lhs = sum(t.lhs for t in terms).double()
-    rhs = sum(t.rhs for t in terms).double()
+    lhs = sum(t.lhs.double() for t in terms)
+    rhs = sum(t.rhs for t in terms)
     if not (torch.isfinite(lhs).all() and torch.isfinite(rhs).all()):
         raise MergeError(f"{where}: the calibration statistics contain NaN or Inf (overflow in the "
                          "activations?); try float32 instead of float16/bfloat16")
-    anchor64 = anchor.double() if anchor is not None else torch.zeros_like(rhs)
     scale = float(torch.diagonal(lhs).mean().clamp_min(1e-12))
     eye = torch.eye(lhs.shape[0], dtype=lhs.dtype, device=lhs.device)
     warning = None
@@ -79,7 +99,7 @@ def solve_group(terms: list[TaskTerms], ridge: float = 0.0, anchor: torch.Tensor
     for attempt in range(8):
         factor, info = torch.linalg.cholesky_ex(lhs + mu * eye)
         if int(info) == 0:
-            merged = torch.cholesky_solve(rhs + mu * anchor64, factor)
+            merged = w_mean + torch.cholesky_solve(rhs, factor)
             if torch.isfinite(merged).all():
                 return merged, warning
         mu = scale * 10.0 ** (attempt - 6) if attempt < 7 else scale
