@@ -41,9 +41,9 @@ class TinySetup:
         return path
 
 
-def bert_config(layers: int = 2, hidden: int = 32, labels: int = 2) -> BertConfig:
+def bert_config(layers: int = 2, hidden: int = 32, labels: int = 2, ffn: int = 2) -> BertConfig:
     return BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=64,
+                      num_attention_heads=4, intermediate_size=hidden * ffn, max_position_embeddings=64,
                       num_labels=labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
@@ -54,9 +54,9 @@ def save_tokenizer(folder: Path) -> None:
     BertTokenizerFast(vocab_file=str(vocab), model_max_length=64).save_pretrained(folder)
 
 
-def make_base(folder: Path, layers: int = 2, hidden: int = 32, seed: int = 0) -> BertModel:
+def make_base(folder: Path, layers: int = 2, hidden: int = 32, seed: int = 0, ffn: int = 2) -> BertModel:
     torch.manual_seed(seed)
-    model = BertModel(bert_config(layers, hidden))
+    model = BertModel(bert_config(layers, hidden, ffn=ffn))
     model.save_pretrained(folder)
     save_tokenizer(folder)
     return model
@@ -69,7 +69,8 @@ def make_expert(folder: Path, base: BertModel, noise: float, seed: int, labels: 
         model = BertForSequenceClassification.from_pretrained(copy_of)
     else:
         torch.manual_seed(seed)
-        config = bert_config(base.config.num_hidden_layers, base.config.hidden_size, labels)
+        config = bert_config(base.config.num_hidden_layers, base.config.hidden_size, labels,
+                             ffn=base.config.intermediate_size // base.config.hidden_size)
         config.id2label = {i: f"class{i}" for i in range(labels)}
         config.label2id = {v: k for k, v in config.id2label.items()}
         model = BertForSequenceClassification(config)
