@@ -22,18 +22,21 @@ def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], options: Me
 
 
 def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
-    """TIES: trim each task vector to its largest `ties_density` share, elect a sign, sum what agrees.
+    """TIES (Yadav et al., 2023): trim each task vector to its top k = ⌊density·n⌋ entries by magnitude, elect a
+    sign per entry (the sign of the trimmed sum; a zero sum elects +), and sum the entries that agree.
 
-    The disjoint *sum* scaled by λ follows FusionBench's default (the paper's disjoint mean with λ≈1 is close).
+    Conventions, as in mergekit: exactly k entries survive (entries of equal magnitude at the threshold are
+    taken in index order); the disjoint *sum* is scaled by λ (FusionBench's default; the paper's disjoint mean
+    with λ≈1 is close).
     """
     b = base.float()
     vectors = torch.stack([e.float() - b for e in experts])
     flat = vectors.reshape(len(experts), -1)
-    keep = max(1, int(round(options.ties_density * flat.shape[1])))
+    keep = max(1, int(options.ties_density * flat.shape[1]))
     if keep < flat.shape[1]:
-        threshold = flat.abs().kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
-        flat = torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat))
-    sign = torch.sign(flat.sum(dim=0))
+        top = torch.argsort(flat.abs(), dim=1, descending=True, stable=True)[:, :keep]
+        flat = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top))
+    sign = torch.where(flat.sum(dim=0) >= 0, 1.0, -1.0)
     agree = (torch.sign(flat) == sign) & (flat != 0)
     merged = (flat * agree).sum(dim=0).reshape(base.shape)
     return b + options.task_lambda * merged

@@ -22,6 +22,18 @@ def test_ties_trims_elects_sign_and_sums_agreeing_values():
     torch.testing.assert_close(merged, torch.tensor([4.0, 5.0, 0.0, -3.0]))
 
 
+def test_ties_keeps_exactly_k_with_ties_at_the_threshold_and_a_zero_sum_elects_plus():
+    base = torch.zeros(6)
+    experts = [torch.tensor([1.0, -1.0, 1.0, 1.0, 0.5, 3.0]),   # four entries tie at |1| for 2 places left
+               torch.tensor([-2.0, 2.0, 0.0, 0.0, 0.0, -3.0])]
+    merged = ties(base, experts, MergeOptions(**{"lambda": 1.0, "ties_density": 0.5}))  # k = ⌊0.5·6⌋ = 3
+    # by hand: e1 keeps 3 (index 5) and the first two of the tied ones (indices 0, 1): [1, -1, 0, 0, 0, 3];
+    # e2 keeps -3, -2, 2 (indices 5, 0, 1). Sums: [-1, 1, 0, 0, 0, 0] → signs [-, +, +, +, +, +]
+    # (a zero sum elects +): index 0 keeps -2, index 1 keeps 2, index 5 keeps 3 (the -3 disagrees).
+    torch.testing.assert_close(merged, torch.tensor([-2.0, 2.0, 0.0, 0.0, 0.0, 3.0]))
+    assert ties(base, experts, MergeOptions(**{"lambda": 1.0, "ties_density": 0.4})).count_nonzero() <= 2
+
+
 def test_registry_marks_regression_methods():
     assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean"}
     assert not METHODS["average"].needs_base and METHODS["ties"].needs_base
