@@ -115,6 +115,7 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     say("scoring the experts and the base")
     expert_scores = {e.name: score(e, with_backbone=False) for e in experts}
     base_scores = {e.name: score(e, with_backbone=True) for e in experts}
+    warnings.extend(family.notes)
 
     calibration, tasks = _encode_calibration(family, processor, experts, options.max_length)
     calibration = calibration.to(torch_device)

@@ -120,9 +120,9 @@ def _archive_images(archive: zipfile.ZipFile, path: Path) -> list[ImageRef]:
     return result
 
 
-def _class_label(folder: str) -> str | int:
-    """A class folder's label: '3' is class index 3 (as in the text readers), anything else a class name."""
-    return int(folder) if folder.isdigit() else folder
+def _class_label(folder: str) -> str:
+    """A class folder's label, as written: '3' is class index 3 unless a class is named "3" (class_indices)."""
+    return folder
 
 
 def _member_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> Callable[[], bytes]:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import random
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,10 +68,46 @@ def read_samples(path: str | Path, limit: int | None = None, seed: int = 0, need
 
 
 def label_names(samples: list[Sample] | None) -> list[str] | None:
-    """The class names the labels spell, sorted; None when there are no samples or a label is not a name."""
-    if not samples or not all(isinstance(s.label, str) for s in samples):
+    """The class names the labels spell, sorted; None when there are no samples or a label looks like an index."""
+    if not samples or not all(isinstance(s.label, str) and _as_index(s.label, None) is None for s in samples):
         return None
     return sorted({str(s.label) for s in samples})
+
+
+def class_indices(labels: list[str | int | None], names: list[str], source: str) -> tuple[list[int], str | None]:
+    """Class indices of a file's labels: read as the class names first (case-insensitive), else as indices.
+
+    One reading holds for the whole file. Returns the indices and a note when both readings fit but disagree
+    (labels '0'/'1' with classes named '1'/'0'), so the reader knows which was taken.
+    """
+    lowered = {n.lower(): i for i, n in enumerate(names)}
+    by_name = [None if label is None else lowered.get(str(label).lower()) for label in labels]
+    by_index = [_as_index(label, len(names)) for label in labels]
+    if all(i is not None for i in by_name):
+        note = None
+        if all(i is not None for i in by_index) and by_index != by_name:
+            note = (f"{source}: labels read as class names ({', '.join(names[:10])}); read as class indices "
+                    "they would mean other classes")
+        return by_name, note  # type: ignore[return-value]
+    if all(i is not None for i in by_index):
+        return by_index, None  # type: ignore[return-value]
+    classes = f"{', '.join(names[:10])}{', …' if len(names) > 10 else ''}"
+    bad = next((label for label, a, b in zip(labels, by_name, by_index) if a is None and b is None), None)
+    if bad is None:
+        raise InputError(f"{source}: labels mix class names and class indices; use one or the other ({classes})")
+    raise InputError(f"label '{bad}' is neither one of {source}'s classes ({classes}) nor a class index "
+                     f"0–{len(names) - 1}")
+
+
+def _as_index(label: object, count: int | None) -> int | None:
+    """An integer label (or one written as digits) within [0, count), else None."""
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip()):
+        label = int(label)
+    if isinstance(label, int) and (count is None or 0 <= label < count):
+        return label
+    return None
 
 
 def parse_samples(text: str, suffix: str, source: str, root: Path | None = None) -> list[Sample]:
@@ -129,7 +166,6 @@ def _from_record(record: object, where: str, root: Path) -> Sample | ImageRef:
 def _label(label: object, where: str) -> str | int | None:
     if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int))):
         raise InputError(f"{where}: 'label' must be a string or an integer")
-    if isinstance(label, str):
-        label = label.strip()
-        label = int(label) if label.lstrip("-").isdigit() else (label or None)
+    if isinstance(label, str):  # kept as written: '1' may be a class named "1" (class_indices decides)
+        label = label.strip() or None
     return label  # type: ignore[return-value]

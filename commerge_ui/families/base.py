@@ -53,6 +53,7 @@ class Family(Protocol):
     higher_is_better: bool
     part: str  # what is merged, in words ("encoder", "vision tower", "decoder")
     needs_labels: bool  # evaluation samples must carry labels
+    notes: list[str]  # how scoring read ambiguous labels; run_merge adds them to the report's warnings
 
     def may_omit(self, name: str) -> bool:
         """Backbone tensors an expert may leave out of its files; the base's are used instead."""

@@ -29,6 +29,7 @@ class CausalLM:
 
     def __init__(self) -> None:
         self._placement = (torch.float32, torch.device("cpu"))  # the run's; experts are scored the same way
+        self.notes: list[str] = []
 
     def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
         self._placement = (dtype, device)

@@ -16,7 +16,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
 from ..images import open_rgb
-from ..samples import Sample, label_names
+from ..samples import Sample, class_indices, label_names
 from ..sources import ModelSource, read_config_file
 from .base import FULL_CLIP_NEEDED, EncodedSamples, quiet_loading
 
@@ -61,6 +61,7 @@ class ImageClassification:
         self._text_tower: nn.Module | None = None
         self._tokenizer = None
         self._heads: dict[tuple[str, ...], torch.Tensor] = {}
+        self.notes: list[str] = []  # how labels were read, where that was ambiguous (the report's warnings)
 
     def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
         self._placement = (dtype, device)
@@ -136,15 +137,9 @@ class ImageClassification:
               samples: list[Sample], batch_size: int, class_names: list[str] | None = None) -> float:
         names = self.class_names(samples, class_names)
         head = self.zero_shot_head(names)
-        lowered = {n.lower(): i for i, n in enumerate(names)}
-        targets = []
-        for s in samples:
-            if isinstance(s.label, int) and 0 <= s.label < len(names):
-                targets.append(s.label)
-            elif isinstance(s.label, str) and s.label.lower() in lowered:
-                targets.append(lowered[s.label.lower()])
-            else:
-                raise InputError(f"label '{s.label}' is not one of the task's classes: {', '.join(names[:10])}")
+        targets, note = class_indices([s.label for s in samples], names, "the task")
+        if note and note not in self.notes:
+            self.notes.append(note)
         tower = backbone if backbone is not None else self.expert_tower(expert)
         param = next(tower.parameters())
         correct = 0

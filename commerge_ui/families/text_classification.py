@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
-from ..samples import Sample
+from ..samples import Sample, class_indices
 from ..sources import ModelSource
 from .base import EncodedSamples
 
@@ -30,6 +30,7 @@ class TextClassification:
 
     def __init__(self) -> None:
         self._classifier_of: tuple[Path, nn.Module] | None = None  # one at a time bounds memory
+        self.notes: list[str] = []
 
     def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
         model = AutoModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, trust_remote_code=False)
@@ -74,7 +75,11 @@ class TextClassification:
             merged = {k: v for k, v in backbone.state_dict().items() if not self.is_task_specific(k)}
             classifier.base_model.load_state_dict(merged, strict=False)
         param = next(classifier.parameters())
-        labels = torch.tensor([label_index(s.label, classifier.config, expert_folder) for s in samples])
+        names = [str(classifier.config.id2label[i]) for i in range(classifier.config.num_labels)]
+        indices, note = class_indices([s.label for s in samples], names, str(expert_folder))
+        if note and note not in self.notes:
+            self.notes.append(note)
+        labels = torch.tensor(indices)
         correct = 0
         with torch.no_grad():
             for start in range(0, len(samples), batch_size):
@@ -92,19 +97,6 @@ class TextClassification:
         out_dir.mkdir(parents=True)
         save_file(head, str(out_dir / "head.safetensors"))
         AutoConfig.from_pretrained(expert.weights.folder).save_pretrained(out_dir)
-
-
-def label_index(label: str | int | None, config, source: Path) -> int:
-    """The class index of a sample label: an integer, or a name from the expert's id2label."""
-    count = config.num_labels
-    if isinstance(label, int):
-        if 0 <= label < count:
-            return label
-        raise InputError(f"label {label} is out of range for {source} ({count} classes)")
-    names = {str(v).lower(): int(k) for k, v in config.id2label.items()}
-    if label is not None and label.lower() in names:
-        return names[label.lower()]
-    raise InputError(f"label '{label}' is not one of {source}'s classes: {', '.join(config.id2label.values())}")
 
 
 def load_task_model(merged_dir: str | Path, task: str) -> nn.Module:
