@@ -82,14 +82,13 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
             probe = Stream(start.hidden[:1], *_rows_of(start, slice(0, 1)))
             groups = find_layer_groups(block, lambda: run_block(block, probe))
             merger = _BlockMerger(method, options, tasks, masks, _Trace(tasks), lambda label: None)
-            expert_blocks, xs, ys = [], [], []
+            expert_blocks, xs = [], []
             for task, stream, mask in zip(tasks, expert_streams, masks):
                 expert_block = _load_block(block, task.source, path, dtype)
-                out, x, y = merger.expert_pass(expert_block, stream, mask, groups, set())
+                out, x = merger.expert_pass(expert_block, stream, mask, groups)
                 stream.hidden = out
                 expert_blocks.append(expert_block)
                 xs.append(x)
-                ys.append(y)
             for name, param in block.named_parameters():
                 param.copy_(torch.stack([b.get_parameter(name) for b in expert_blocks]).mean(0))
             for group in groups:
@@ -108,8 +107,7 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
                     except StopIteration:
                         pass
                 x_hats = [seen["x"][t.rows][m].float() for t, m in zip(tasks, masks)]
-                merger.solve(group, path, group.modules(block), expert_blocks, x_hats, [x[group] for x in xs],
-                             [None] * len(tasks))
+                merger.solve(group, path, group.modules(block), expert_blocks, x_hats, [x[group] for x in xs])
 
 
 class _Trace:
