@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from .api import run_merge  # heavy imports after argument parsing
 
         if args.config.resolve().parent == DEMO_DIR:
-            ensure_demo(log=printer.log)  # first use on this machine: fine-tune the demo's experts
+            ensure_demo(log=printer.log)  # first use on this machine: put the demo's experts together
         config = load_config(args.config)
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:

@@ -1,4 +1,4 @@
-"""The embedded offline demo: all-MiniLM-L6-v2 and four experts fine-tuned from it, each on its own kind of text."""
+"""The embedded offline demo: all-MiniLM-L6-v2 and six experts fine-tuned from it on real text."""
 
 from .build import DEMO_CONFIG, DEMO_DIR, ensure_demo, is_built
 

@@ -1,4 +1,5 @@
-"""python -m commerge_ui.demo build | samples: rebuild the demo's models, or rewrite its sample files."""
+"""python -m commerge_ui.demo build | samples | train [options]: put the demo's experts together from their stored
+deltas, rewrite its committed sample files, or fine-tune and store the experts anew (see train.py)."""
 
 import sys
 
@@ -10,5 +11,9 @@ if __name__ == "__main__":
         write_samples()
     elif command == "build":
         build_models()
+    elif command == "train":
+        from .train import main
+
+        main(sys.argv[2:])
     else:
-        sys.exit("usage: python -m commerge_ui.demo [build|samples]")
+        sys.exit("usage: python -m commerge_ui.demo [build|samples|train]")

@@ -27,7 +27,8 @@ Pick a base model and experts fine-tuned from it, give each expert a few calibra
 **Chain of Merges (CoM)** with independent layer-wise merging (**RegMean**) and the usual baselines. RegMean solves
 every layer on statistics of the unmerged experts; CoM solves the layers in network order on the inputs of the
 partially merged model, so the drift that early merges cause is corrected downstream. The page opens on an
-offline demo (all-MiniLM-L6-v2 and eight experts): press **Run** to see it. Text classifiers (BERT-like),
+offline demo (all-MiniLM-L6-v2 and six experts fine-tuned on real text: tweets, movie, Amazon and NYT
+sentiment, chatbot dialogue topics, language ID): press **Run** to see it. Text classifiers (BERT-like),
 CLIP image classifiers (zero-shot heads from class names) and causal language models (GPT-2, Llama, Qwen,
 Mistral; scored by perplexity) are merged the same way; the family is read from the base model."""
 

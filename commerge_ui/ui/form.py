@@ -44,7 +44,7 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     if not ref or not ref.strip():
         return ""
     if is_demo_model(ref) and not is_built():
-        return "⏳ the demo's models are being built (first start, a few minutes); Run waits for them"
+        return "⏳ the demo's models are being built (first start, seconds); Run waits for them"
     try:
         info = _inspect(ref)
     except InputError as err:

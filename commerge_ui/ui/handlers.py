@@ -46,7 +46,7 @@ def device_note() -> str:
         name = torch.cuda.get_device_name(0)
         memory = torch.cuda.get_device_properties(0).total_memory / 2**30
         return f"GPU present: {name} ({memory:.0f} GiB); 'auto' uses it."
-    return "No GPU here: 'auto' runs on the CPU (the demo takes a minute or two)."
+    return "No GPU here: 'auto' runs on the CPU (the demo takes about three minutes, most of it scoring)."
 
 
 def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
@@ -60,7 +60,7 @@ def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
 def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str) -> Iterator[RunProgress]:
     """The run as the page sees it: waits for the demo build if the config uses it, then merges."""
     if _uses_demo(config) and not is_built():
-        waiting = RunProgress(list(config.methods), stage="building the demo experts (first use; a few minutes)…")
+        waiting = RunProgress(list(config.methods), stage="putting the demo experts together (first use; seconds)…")
         yield waiting
         ensure_demo(log=waiting.on_log)
     yield from run_in_background(config, session, save=list(config.methods), device=device, dtype=dtype)
