@@ -19,6 +19,7 @@ from .methods import METHODS
 from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
 from .samples import Sample, label_names, read_samples
+from .score_cache import cached_score, folder_fingerprint, samples_digest
 from .sources import ModelSource, SafetensorsWeights, resolve_model
 
 
@@ -112,9 +113,26 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
         return family.score(backbone if with_backbone else None, task.source, processor, task.evaluation,
                             options.batch_size, task.labels)
 
+    def reference_score(task: Expert, role: str) -> float | None:
+        """The expert's own score, or the base's under the expert's head: cached per process (score_cache)."""
+        if task.evaluation is None:
+            return None
+        key = (family.name, role, folder_fingerprint(task.folder), folder_fingerprint(base_folder),
+               samples_digest(task.evaluation), tuple(task.labels or ()), tuple(options.prompt_templates),
+               options.batch_size, str(torch_dtype), torch_device.type)
+
+        def compute() -> tuple[float | None, tuple[str, ...]]:
+            seen = len(family.notes)
+            value = score(task, with_backbone=role == "base")
+            return value, tuple(family.notes[seen:])
+
+        value, notes = cached_score(key, compute)  # the notes come back with the score: same report either way
+        family.notes.extend(n for n in notes if n not in family.notes)
+        return value
+
     say("scoring the experts and the base")
-    expert_scores = {e.name: score(e, with_backbone=False) for e in experts}
-    base_scores = {e.name: score(e, with_backbone=True) for e in experts}
+    expert_scores = {e.name: reference_score(e, "expert") for e in experts}
+    base_scores = {e.name: reference_score(e, "base") for e in experts}
     warnings.extend(family.notes)
 
     calibration, tasks = _encode_calibration(family, processor, experts, options.max_length)
