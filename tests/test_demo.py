@@ -94,6 +94,24 @@ def test_the_demo_builds_from_its_stored_experts_in_seconds(tmp_path):
     assert not is_built(root)  # stamped by content: a changed expert is rebuilt
 
 
+def test_built_experts_score_what_training_recorded():
+    """The stored deltas are the experts that train.py scored (they are deltas from the base, not residuals)."""
+    from commerge_ui.demo.train import expert_metadata
+    from commerge_ui.families.text_classification import TextClassification
+    from commerge_ui.sources import ModelSource, SafetensorsWeights
+
+    ensure_demo()
+    family = TextClassification()
+    config = load_config(DEMO_CONFIG)
+    processor = family.load_processor(DEMO_DIR / "models" / "base")
+    for expert in config.experts:
+        recorded = float(expert_metadata(DEMO_DIR / "experts" / f"{expert.name}.safetensors")["heldout_accuracy"])
+        samples = read_samples(expert.evaluation, need_labels=True)
+        score = family.score(None, ModelSource(SafetensorsWeights(expert.model)), processor, samples, 64)
+        assert score == pytest.approx(recorded, abs=0.006), expert.name  # 3 of 500 (truncation at 128 there)
+        assert score > 0.55, expert.name
+
+
 @pytest.mark.slow
 def test_the_demo_merge_shows_the_shift_story(tmp_path):
     """Merges the demo (CoM, RegMean, averaging) and checks what held across calibration seeds."""

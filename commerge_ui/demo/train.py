@@ -1,6 +1,6 @@
 """Trains the demo's experts once and stores each as a compact delta that git can carry (run by hand).
 
-    python -m commerge_ui.demo train [--rank 16] [--steps 200] [--device cpu] [--work DIR]
+    python -m commerge_ui.demo train [--rank 16] [--steps 200] [--device cpu] [--work DIR] [--reuse]
 
 Each expert is a full fine-tune of all-MiniLM-L6-v2 (every encoder weight and the head; the embedding tables
 stay frozen, so the change lives in 36 + 1 weight matrices), seeded per task. Its change to each matrix is then
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("out/demo-train"))
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--out", type=Path, default=EXPERTS_DIR)
+    parser.add_argument("--reuse", action="store_true", help="compress the fine-tunes already in --work")
     args = parser.parse_args(argv)
     recipe = {**RECIPE, "steps": args.steps, "rank": args.rank}
     base = base_model_folder()
@@ -130,21 +131,27 @@ def main(argv: list[str] | None = None) -> None:
             continue
         task = TASKS[name]
         began = time.perf_counter()
-        print(f"fine-tuning '{name}' ({task.text}; {recipe['steps']} steps)", flush=True)
-        model = fine_tune(base, task, seed=recipe["seed"] + offset, device=args.device, recipe=recipe)
-        model.save_pretrained(args.work / name)
-        tokenizer.save_pretrained(args.work / name)
-        expert = {k: v.detach() for k, v in model.state_dict().items()}
+        if args.reuse and (args.work / name / "config.json").is_file():
+            print(f"'{name}': reusing the fine-tune in {args.work / name}", flush=True)
+            model = AutoModelForSequenceClassification.from_pretrained(args.work / name).eval()
+        else:
+            print(f"fine-tuning '{name}' ({task.text}; {recipe['steps']} steps)", flush=True)
+            model = fine_tune(base, task, seed=recipe["seed"] + offset, device=args.device, recipe=recipe)
+            model.save_pretrained(args.work / name)
+            tokenizer.save_pretrained(args.work / name)
+        expert = {k: v.detach().clone() for k, v in model.state_dict().items()}
         fresh = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=len(task.labels), id2label=dict(enumerate(task.labels)))
-        base_state = {k: v for k, v in fresh.state_dict().items() if not k.startswith("classifier.")}
+        # Copies: state_dict() shares storage with the parameters that load_state_dict overwrites below.
+        base_state = {k: v.clone() for k, v in fresh.state_dict().items() if not k.startswith("classifier.")}
         row = {"full": accuracy(model, tokenizer, task), "seconds": round(time.perf_counter() - began, 1)}
         for rank in sorted({int(r) for r in args.ranks.split(",")} | {args.rank}):
             factors = compress(expert, base_state, rank)
             fresh.load_state_dict(expand(factors, base_state))
             row[f"rank {rank}"] = accuracy(fresh.eval(), tokenizer, task)
             if rank == args.rank:
-                metadata = {"task": name, "labels": json.dumps(list(task.labels)), "recipe": json.dumps(recipe)}
+                metadata = {"task": name, "labels": json.dumps(list(task.labels)), "recipe": json.dumps(recipe),
+                            "heldout_accuracy": str(row[f"rank {rank}"])}
                 save_file(factors, str(args.out / f"{name}.safetensors"), metadata=metadata)
         summary[name] = row
         print(f"'{name}': {json.dumps(row)}", flush=True)
@@ -154,11 +161,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def read_expert(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """A stored expert's tensors and its class names."""
+    return load_file(str(path)), json.loads(expert_metadata(path)["labels"])
+
+
+def expert_metadata(path: Path) -> dict[str, str]:
+    """What train.py recorded with a stored expert: task, labels, recipe, held-out accuracy."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        labels = json.loads((f.metadata() or {})["labels"])
-    return load_file(str(path)), labels
+        return dict(f.metadata() or {})
 
 
 if __name__ == "__main__":
