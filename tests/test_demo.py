@@ -129,6 +129,8 @@ def test_the_demo_merge_shows_the_shift_story(tmp_path):
 
     assert last(com.shift) < 0.5 * last(regmean.shift)
     assert last(com.block_shift) < last(regmean.block_shift)
-    assert average.average_score <= experts - 0.10  # a data-free merge loses clearly on real text
-    assert com.average_score >= average.average_score + 0.05
+    # Measured (benchmarks/study.py): experts 80.1 %, averaging 69.7 % (its weights do not depend on the
+    # calibration seed), CoM 75.4 % at 16 samples; the last-group shift 0.08 for CoM against 0.44 for RegMean.
+    assert average.average_score <= experts - 0.08  # a data-free merge loses clearly on real text
+    assert com.average_score >= average.average_score + 0.04
     assert json.loads((tmp_path / "report.json").read_text())["family"] == "text-classification"
