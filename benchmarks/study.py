@@ -1,0 +1,152 @@
+"""Study (not a test): CoM against RegMean and the data-free merges on the real-text demo, over seeds.
+
+    python benchmarks/study.py [--config assets/demo/demo.yaml] [--seeds 0,1,2] [--samples 16,64,256]
+                               [--out out/study] [--parts grid,options,heldout]
+
+One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, max_length 64),
+never tuned per method. A seed picks each task's calibration subset (the experts are fixed; training them
+again per seed is left to a GPU). Parts:
+- grid: calibration samples × seeds for CoM and RegMean; the data-free methods once per sample count (their
+  weights do not depend on the calibration samples, only their measured shift does);
+- options: at 64 samples, each seed, one option changed at a time for CoM and RegMean alike (α 0.5, α 1.0,
+  normalize none, CoM's target expert_weights, CoM's ridge regularisation);
+- heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on).
+Each run's report is kept as JSON under --out, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from commerge_ui.api import run_merge
+from commerge_ui.config import MergeConfig, load_config
+from commerge_ui.demo import DEMO_CONFIG, ensure_demo
+from commerge_ui.heldout import heldout_shift
+
+REGRESSION = ["com", "regmean"]
+DATA_FREE = ["task_arithmetic", "ties", "average"]
+VARIANTS = {"alpha 0.5": {"alpha": 0.5}, "alpha 1.0": {"alpha": 1.0}, "normalize none": {"normalize": "none"},
+            "target expert_weights": {"target": "expert_weights"}, "ridge": {"com_regularization": "ridge"}}
+
+
+def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: int, seed: int,
+        save: list[str] | None = None, **options) -> dict:
+    """One merge (cached by key): the report as a dict."""
+    path = out / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    began = time.perf_counter()
+    updated = config.options.model_copy(update={"calibration_samples": samples, "seed": seed, **options})
+    target = out / "models" / key if save else None
+    if target is not None:
+        shutil.rmtree(target, ignore_errors=True)
+    report = run_merge(config.model_copy(update={"methods": methods, "options": updated}), out_dir=target,
+                       save=save, device="cpu")
+    data = json.loads(report.to_json())
+    path.write_text(json.dumps(data))
+    print(f"  {key}: {time.perf_counter() - began:.0f}s", flush=True)
+    return data
+
+
+def last_shift(method: dict) -> float:
+    return statistics.mean(s[-1] for s in method["shift"].values())
+
+
+def pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEMO_CONFIG))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--samples", default="16,64,256")
+    parser.add_argument("--out", type=Path, default=Path("out/study"))
+    parser.add_argument("--parts", default="grid,options,heldout")
+    args = parser.parse_args()
+    if Path(args.config).resolve() == DEMO_CONFIG:
+        ensure_demo()
+    config = load_config(args.config)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    counts = [int(n) for n in args.samples.split(",")]
+    parts = args.parts.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    tasks = [e.name for e in config.experts]
+
+    grid = {(n, s): run(config, args.out, f"grid-{n}-{s}", REGRESSION + (DATA_FREE if s == seeds[0] else []), n, s)
+            for n in counts for s in seeds} if "grid" in parts else {}
+    if grid:
+        first = grid[(counts[0], seeds[0])]
+        experts = [first["experts"][t]["score"] for t in tasks]
+        base = [first["base"]["scores"][t] for t in tasks]
+        print(f"\n## Average accuracy (%) over {len(tasks)} tasks; mean ± std over seeds {args.seeds}\n")
+        print(f"experts {100 * statistics.mean(experts):.1f}, base with each expert's head "
+              f"{100 * statistics.mean(base):.1f}\n")
+        print("| method | " + " | ".join(f"{n} samples" for n in counts) + " | last-group shift (64) |")
+        print("|---|" + "---|" * (len(counts) + 1))
+        middle = 64 if 64 in counts else counts[0]
+        for m in REGRESSION + DATA_FREE:
+            cells = []
+            for n in counts:
+                values = [grid[(n, s)]["methods"][m]["average_score"] for s in seeds if m in grid[(n, s)]["methods"]]
+                cells.append(pm(values, 100))
+            shifts = [last_shift(grid[(middle, s)]["methods"][m]) for s in seeds if m in grid[(middle, s)]["methods"]]
+            print(f"| {m} | " + " | ".join(cells) + f" | {pm(shifts, 1, 3)} |")
+        wins = sum(grid[c]["methods"]["com"]["average_score"] >= grid[c]["methods"]["regmean"]["average_score"]
+                   for c in grid)
+        print(f"\nCoM ≥ RegMean in {wins} of {len(grid)} (samples, seed) cells.")
+        print(f"\n## Per task at {middle} samples (accuracy %, mean over seeds)\n")
+        print("| | " + " | ".join(tasks) + " |")
+        print("|---|" + "---|" * len(tasks))
+        print("| base + expert head | " + " | ".join(f"{100 * v:.1f}" for v in base) + " |")
+        print("| expert | " + " | ".join(f"{100 * v:.1f}" for v in experts) + " |")
+        for m in REGRESSION + DATA_FREE:
+            rows = [grid[(middle, s)]["methods"][m]["scores"] for s in seeds if m in grid[(middle, s)]["methods"]]
+            print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(r[t] for r in rows):.1f}" for t in tasks) + " |")
+
+    if "options" in parts:
+        print("\n## One option changed, 64 samples (average accuracy %, last-group shift; mean ± std over seeds)\n")
+        print("| setting | CoM accuracy | RegMean accuracy | CoM shift | RegMean shift |")
+        print("|---|---|---|---|---|")
+        rows = {"defaults": [run(config, args.out, f"grid-64-{s}", REGRESSION, 64, s) for s in seeds]}
+        for name, change in VARIANTS.items():
+            rows[name] = [run(config, args.out, f"option-{name.replace(' ', '_')}-{s}", REGRESSION, 64, s, **change)
+                          for s in seeds]
+        for name, reports in rows.items():
+            acc = {m: [r["methods"][m]["average_score"] for r in reports] for m in REGRESSION}
+            shift = {m: [last_shift(r["methods"][m]) for r in reports] for m in REGRESSION}
+            print(f"| {name} | {pm(acc['com'], 100)} | {pm(acc['regmean'], 100)} | {pm(shift['com'], 1, 3)} | "
+                  f"{pm(shift['regmean'], 1, 3)} |")
+
+    if "heldout" in parts:
+        saved = ["com", "regmean", "average"]
+        per_seed = []
+        for s in seeds:
+            key = f"heldout-{s}"
+            cached = args.out / f"{key}-shift.json"
+            if not cached.is_file():
+                run(config, args.out, key, saved, 64, s, save=saved)
+                shift = heldout_shift(config, {m: args.out / "models" / key / m for m in saved})
+                cached.write_text(json.dumps(shift))
+                shutil.rmtree(args.out / "models" / key, ignore_errors=True)
+            per_seed.append(json.loads(cached.read_text()))
+        print("\n## Shift on the evaluation texts (last block output; mean over tasks, ± std over seeds)\n")
+        print("| method | held-out shift | calibration shift (block output) |")
+        print("|---|---|---|")
+        for m in saved:
+            held = [statistics.mean(p[m].values()) for p in per_seed]
+            calib = [statistics.mean(s[-1] for s in json.loads((args.out / f"heldout-{s_}.json").read_text())
+                                     ["methods"][m]["block_shift"].values()) for s_ in seeds]
+            print(f"| {m} | {pm(held, 1, 3)} | {pm(calib, 1, 3)} |")
+
+
+if __name__ == "__main__":
+    main()
