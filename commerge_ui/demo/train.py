@@ -58,8 +58,8 @@ def fine_tune(base: Path, task: DemoTask, seed: int, device: str = "cpu", recipe
     return model.to("cpu").eval()
 
 
-def accuracy(model, tokenizer, task: DemoTask, batch_size: int = 64) -> float:
-    held = load_split(task, print).evaluation
+def accuracy(model, tokenizer, task: DemoTask, held: list, batch_size: int = 64) -> float:
+    """Accuracy on the task's held-out samples `held` (read once by the caller, not per call)."""
     correct = 0
     with torch.no_grad():
         for start in range(0, len(held), batch_size):
@@ -144,11 +144,12 @@ def main(argv: list[str] | None = None) -> None:
             base, num_labels=len(task.labels), id2label=dict(enumerate(task.labels)))
         # Copies: state_dict() shares storage with the parameters that load_state_dict overwrites below.
         base_state = {k: v.clone() for k, v in fresh.state_dict().items() if not k.startswith("classifier.")}
-        row = {"full": accuracy(model, tokenizer, task), "seconds": round(time.perf_counter() - began, 1)}
+        held = load_split(task, print).evaluation
+        row = {"full": accuracy(model, tokenizer, task, held), "seconds": round(time.perf_counter() - began, 1)}
         for rank in sorted({int(r) for r in args.ranks.split(",")} | {args.rank}):
             factors = compress(expert, base_state, rank)
             fresh.load_state_dict(expand(factors, base_state))
-            row[f"rank {rank}"] = accuracy(fresh.eval(), tokenizer, task)
+            row[f"rank {rank}"] = accuracy(fresh.eval(), tokenizer, task, held)
             if rank == args.rank:
                 metadata = {"task": name, "labels": json.dumps(list(task.labels)), "recipe": json.dumps(recipe),
                             "heldout_accuracy": str(row[f"rank {rank}"])}
