@@ -1,5 +1,6 @@
-"""python -m commerge_ui.demo build | samples | train [options]: put the demo's experts together from their stored
-deltas, rewrite its committed sample files, or fine-tune and store the experts anew (see train.py)."""
+"""python -m commerge_ui.demo build | samples | train | lm [options]: put the text demo's experts together from
+their stored deltas, rewrite its committed sample files, fine-tune and store its experts anew (train.py), or build
+the SmolLM2 language-model demo (lm.py)."""
 
 import sys
 
@@ -15,5 +16,9 @@ if __name__ == "__main__":
         from .train import main
 
         main(sys.argv[2:])
+    elif command == "lm":
+        from .lm import main
+
+        main(sys.argv[2:])
     else:
-        sys.exit("usage: python -m commerge_ui.demo [build|samples|train]")
+        sys.exit("usage: python -m commerge_ui.demo [build|samples|train|lm]")
