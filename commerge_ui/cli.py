@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .config import load_config
-from .demo import DEMO_DIR, ensure_demo
+from .demo import unbuilt_demos
 from .engine import ProgressEvent
 from .errors import Cancelled, InputError, MergeError
 from .export import atomic_folder
@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .api import run_merge  # heavy imports after argument parsing
 
-        if args.config.resolve().parent == DEMO_DIR:
-            ensure_demo(log=printer.log)  # first use on this machine: put the demo's experts together
         config = load_config(args.config)
+        for demo in unbuilt_demos([config.base, *(e.model for e in config.experts)]):
+            printer.log(f"first use of the demo's models on this machine: building them ({demo.build_note})")
+            demo.ensure(printer.log)
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:
             report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,

@@ -45,7 +45,7 @@ def run_args(config_path: Path, methods: list[str], samples: int, max_length: in
     files = [lambda p: handle_file(p) if p else None][0]
     return [d.base, len(d.experts), *(r[0] for r in rows), *(r[1] for r in rows),
             *(files(r[2]) for r in rows), *(files(r[3]) for r in rows), *(r[4] for r in rows),
-            methods, 0.9, 0.3, samples, max_length, "cpu", "float32"]
+            methods, 0.9, 0.3, samples, max_length, 0, "cpu", "float32"]
 
 
 def outputs_by_name(outputs: tuple) -> dict:

@@ -1,7 +1,6 @@
 """The CLI round trip: a loadable merged model, a schema-valid report, exit codes, atomic output."""
 
 import json
-import shutil
 import subprocess
 import sys
 

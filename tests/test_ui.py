@@ -172,12 +172,39 @@ def test_sessions_are_separate_and_closing_removes_files(tmp_path):
     assert not a.folder.exists() and b.folder.exists() and len(sessions) == 1
 
 
-def test_demo_models_say_they_are_being_built(monkeypatch):
-    from commerge_ui.demo import DEMO_DIR
-    from commerge_ui.ui import form
+@pytest.mark.parametrize("key", ["text", "lm"])
+def test_demo_models_say_they_are_built_on_first_use(monkeypatch, key):
+    from dataclasses import replace
 
-    monkeypatch.setattr(form, "is_built", lambda: False)
-    assert model_message(str(DEMO_DIR / "models" / "base")).startswith("⏳ the demo's models are being built")
+    from commerge_ui import demo
+    from commerge_ui.ui.form import evaluation_needs_labels
+
+    d = demo.DEMOS[key]
+    monkeypatch.setitem(demo.DEMOS, key, replace(d, is_built=lambda: False))
+    message = model_message(str(d.models / "base"))
+    assert message.startswith("⏳ the demo's models are built on first use") and d.build_note in message
+    assert evaluation_needs_labels(str(d.models / "base")) == (key == "text")  # the LM is scored by perplexity
+    assert [u.key for u in demo.unbuilt_demos([str(d.models / "a"), str(d.models / "b"), "org/model", None])] == [key]
+
+
+def test_a_demo_build_streams_its_log_and_reports_its_failure():
+    from commerge_ui.ui.handlers import _while_building
+    from commerge_ui.ui.session import RunProgress
+
+    def build(log):
+        log("step 1 of 2")
+        log("step 2 of 2")
+
+    waiting = RunProgress(["com"], stage="building")
+    updates = list(_while_building(build, waiting, every=0.01))
+    assert updates[-1].stage == "step 2 of 2" and updates[-1].error is None
+
+    def broken(log):
+        log("converting")
+        raise OSError("disk full")
+
+    waiting = RunProgress(["com"], stage="building")
+    assert list(_while_building(broken, waiting, every=0.01))[-1].error == "❌ building the demo failed: disk full"
 
 
 def test_closing_the_page_mid_run_cancels_it_and_frees_the_folder(tmp_path, tiny):

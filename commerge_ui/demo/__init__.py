@@ -1,5 +1,52 @@
-"""The embedded offline demo: all-MiniLM-L6-v2 and six experts fine-tuned from it on real text."""
+"""The offline demos: all-MiniLM-L6-v2 with six experts fine-tuned on real text (ready in seconds), and
+SmolLM2-135M with five experts fine-tuned on real text domains (built on request: minutes on a CPU)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from .build import DEMO_CONFIG, DEMO_DIR, ensure_demo, is_built
+from .lm import LM_CONFIG, LM_MODELS, ensure_lm_demo, is_lm_built
 
-__all__ = ["DEMO_CONFIG", "DEMO_DIR", "ensure_demo", "is_built"]
+
+@dataclass(frozen=True)
+class Demo:
+    key: str
+    title: str
+    config: Path
+    models: Path  # where its built models live; a model under it is this demo's
+    build_note: str  # how long building takes, in words
+    is_built: Callable[[], bool]
+    ensure: Callable[[Callable[[str], None]], object]  # builds unless built; takes a log callback
+
+
+DEMOS: dict[str, Demo] = {d.key: d for d in [
+    Demo("text", "Text classifiers: all-MiniLM-L6-v2 + 6 experts on real text (ready in seconds)", DEMO_CONFIG,
+         DEMO_DIR / "models", "seconds, once", lambda: is_built(), lambda log: ensure_demo(log=log)),
+    Demo("lm", "Language model: SmolLM2-135M + 5 experts on real text domains (built on first use: ~15 min on "
+         "2 CPU cores, ~1 min on a GPU)", LM_CONFIG, LM_MODELS, "about 15 min on 2 CPU cores, a minute on a GPU",
+         lambda: is_lm_built(), lambda log: ensure_lm_demo(log=log)),
+]}
+
+
+def demo_of(ref: str | None) -> Demo | None:
+    """The demo whose built models `ref` names (an absolute path under its models folder), if any."""
+    if not ref:
+        return None
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        return None
+    path = Path(os.path.normpath(path))  # '..' folded, links kept: the LM demo's base links into the cache
+    return next((d for d in DEMOS.values() if path.is_relative_to(d.models)), None)
+
+
+def unbuilt_demos(refs: Iterable[str | None]) -> list[Demo]:
+    """The demos among `refs`' models that still have to be built, once each."""
+    found = {d.key: d for d in map(demo_of, refs) if d is not None and not d.is_built()}
+    return list(found.values())
+
+
+__all__ = ["DEMOS", "DEMO_CONFIG", "DEMO_DIR", "Demo", "demo_of", "ensure_demo", "is_built", "unbuilt_demos"]

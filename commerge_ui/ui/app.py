@@ -1,4 +1,4 @@
-"""The page: models → samples → run → results → export (design.md §9). Layout and wiring only; every
+"""The page: models → samples → run → results → export (README, "The app"). Layout and wiring only; every
 handler calls a plain function from handlers.py, form.py or session.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..demo import DEMO_CONFIG
+from ..demo import DEMO_CONFIG, DEMOS
 from ..errors import InputError
 from ..methods import METHODS
 from . import handlers
@@ -28,7 +28,8 @@ Pick a base model and experts fine-tuned from it, give each expert a few calibra
 every layer on statistics of the unmerged experts; CoM solves the layers in network order on the inputs of the
 partially merged model, so the drift that early merges cause is corrected downstream. The page opens on an
 offline demo (all-MiniLM-L6-v2 and six experts fine-tuned on real text: tweets, movie, Amazon and NYT
-sentiment, chatbot dialogue topics, language ID): press **Run** to see it. Text classifiers (BERT-like),
+sentiment, chatbot dialogue topics, language ID): press **Run** to see it. A second demo merges a real
+language model (SmolLM2-135M and five experts, each fine-tuned on one kind of text). Text classifiers (BERT-like),
 CLIP image classifiers (zero-shot heads from class names) and causal language models (GPT-2, Llama, Qwen,
 Mistral; scored by perplexity) are merged the same way; the family is read from the base model."""
 
@@ -52,6 +53,9 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
         gr.Markdown(INTRO)
 
         gr.Markdown("## 1 · Models")
+        demo_choice = gr.Radio([(d.title, d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
+                               value=next((d.key for d in DEMOS.values() if d.config == Path(config_path).resolve()),
+                                          None), elem_id="demo-choice")
         with gr.Row():
             base = gr.Dropdown(label="Base model (Hub id or local folder)", choices=[defaults.base],
                                value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
@@ -105,6 +109,8 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
             samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
                                 label="calibration samples per expert")
             max_length = gr.Slider(8, 512, value=options["max_length"], step=8, label="max length (tokens)")
+            evaluation_samples = gr.Slider(0, 2000, value=options["evaluation_samples"] or 0, step=10,
+                                           label="evaluation samples per task (0: all)")
         with gr.Row():
             device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="device", info=handlers.device_note())
             dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="dtype")
@@ -152,6 +158,22 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
             return visible + visible
 
         count.change(on_count, count, model_cards + sample_cards, api_visibility="private")
+
+        def on_demo(key: str | None):
+            if key not in DEMOS:
+                return [gr.update()] * (2 + 5 * MAX_EXPERTS + 5)
+            d = handlers.defaults_from(DEMOS[key].config)
+            filled = d.experts + [ExpertForm("", "", None, None)] * (MAX_EXPERTS - len(d.experts))
+            o = d.options
+            return [gr.update(choices=[d.base], value=d.base), len(d.experts),
+                    *(r.name for r in filled), *(gr.update(choices=[r.model] if r.model else [], value=r.model or None)
+                                                 for r in filled),
+                    *(r.calibration for r in filled), *(r.evaluation for r in filled), *(r.labels for r in filled),
+                    o["alpha"], o["lambda"], o["calibration_samples"], o["max_length"], o["evaluation_samples"] or 0]
+
+        demo_choice.input(on_demo, demo_choice, [base, count, *names, *models, *calibrations, *evaluations,
+                                                 *class_names, alpha, task_lambda, samples, max_length,
+                                                 evaluation_samples], api_visibility="private")
         base.change(lambda ref: model_message(ref), base, base_status, api_visibility="private")
         for model, note in zip(models, model_notes):
             model.change(model_message, [model, base], note, api_visibility="private")
@@ -168,7 +190,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
 
         # --- run ------------------------------------------------------------------------------------------
         form_inputs = [base, count, *names, *models, *calibrations, *evaluations, *class_names, methods, alpha,
-                       task_lambda, samples, max_length, device, dtype]
+                       task_lambda, samples, max_length, evaluation_samples, device, dtype]
         result_outputs = [shift_plot, heatmap, scores, bars, costs, warnings]
         run_outputs = [progress, run_status, report_state, report_json, shown, heat_method, *result_outputs,
                        export_method, report_file, config_file]
@@ -266,10 +288,11 @@ def _config_from_form(values: tuple):
     names, models = rest[:MAX_EXPERTS], rest[MAX_EXPERTS:2 * MAX_EXPERTS]
     calibrations, evaluations = rest[2 * MAX_EXPERTS:3 * MAX_EXPERTS], rest[3 * MAX_EXPERTS:4 * MAX_EXPERTS]
     class_names = rest[4 * MAX_EXPERTS:5 * MAX_EXPERTS]
-    methods, alpha, task_lambda, samples, max_length = rest[5 * MAX_EXPERTS:5 * MAX_EXPERTS + 5]
+    methods, alpha, task_lambda, samples, max_length, evaluation = rest[5 * MAX_EXPERTS:5 * MAX_EXPERTS + 6]
     experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k], class_names[k] or "")
                for k in range(count)]
-    return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length)
+    return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length,
+                                 evaluation_samples=int(evaluation or 0) or None)
 
 
 def _views_update(views: handlers.ResultViews, outputs: list) -> dict:

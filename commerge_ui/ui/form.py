@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..config import MergeConfig, parse_config
-from ..demo import DEMO_DIR, is_built
+from ..config import MergeConfig, load_config, parse_config
+from ..demo import demo_of
 from ..errors import InputError
 from ..model_info import ModelInfo, compare_to_base, inspect_model
 from ..images import open_rgb
@@ -43,8 +43,9 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     """One line about a model as soon as it is entered: what it is, and whether it fits the base."""
     if not ref or not ref.strip():
         return ""
-    if is_demo_model(ref) and not is_built():
-        return "⏳ the demo's models are being built (first start, seconds); Run waits for them"
+    demo = demo_of(ref)
+    if demo is not None and not demo.is_built():
+        return f"⏳ the demo's models are built on first use ({demo.build_note}); Run builds them and waits"
     try:
         info = _inspect(ref)
     except InputError as err:
@@ -58,11 +59,6 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     return _fit_message(info, base)
 
 
-def is_demo_model(ref: str) -> bool:
-    path = Path(ref).expanduser()
-    return path.is_absolute() and path.resolve().is_relative_to(DEMO_DIR)
-
-
 def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     problems = compare_to_base(base, info)
     if problems:
@@ -73,7 +69,10 @@ def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
 def evaluation_needs_labels(base_ref: str | None) -> bool:
     """Evaluation samples need labels unless the base is a causal LM (scored by perplexity); when the base
     cannot be read yet, labels are asked for."""
-    if not base_ref or not base_ref.strip() or (is_demo_model(base_ref) and not is_built()):
+    demo = demo_of(base_ref)
+    if demo is not None and not demo.is_built():  # its config says its family
+        return load_config(demo.config).family != "causal-lm"
+    if not base_ref or not base_ref.strip():
         return True
     try:
         return _inspect(base_ref).family != "causal-lm"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -12,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import MergeConfig, load_config
-from ..demo import ensure_demo, is_built
+from ..demo import unbuilt_demos
 from ..errors import InputError
 from ..hub import push_folder, search_models
 from ..methods import METHODS
 from . import plots
-from .form import ExpertForm, form_config, is_demo_model
+from .form import ExpertForm, form_config
 from .session import RunProgress, Session, run_in_background
 
 MAX_EXPERTS = 8
@@ -46,7 +47,8 @@ def device_note() -> str:
         name = torch.cuda.get_device_name(0)
         memory = torch.cuda.get_device_properties(0).total_memory / 2**30
         return f"GPU present: {name} ({memory:.0f} GiB); 'auto' uses it."
-    return "No GPU here: 'auto' runs on the CPU (the demo takes about three minutes, most of it scoring)."
+    return ("No GPU here: 'auto' runs on the CPU (the text demo takes about three minutes, most of it scoring; "
+            "the SmolLM2 demo much longer).")
 
 
 def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
@@ -58,22 +60,41 @@ def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
 
 
 def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str) -> Iterator[RunProgress]:
-    """The run as the page sees it: waits for the demo build if the config uses it, then merges."""
-    if _uses_demo(config) and not is_built():
-        waiting = RunProgress(list(config.methods), stage="putting the demo experts together (first use; seconds)…")
-        yield waiting
-        ensure_demo(log=waiting.on_log)
+    """The run as the page sees it: builds the demo's models first if the config uses them and they are not
+    built yet (its log lines shown as they come), then merges."""
+    for demo in unbuilt_demos([config.base, *(e.model for e in config.experts)]):
+        waiting = RunProgress(list(config.methods), stage=f"building the demo's models (first use; {demo.build_note})…")
+        yield from _while_building(demo.ensure, waiting)
+        if waiting.error:
+            return
     yield from run_in_background(config, session, save=list(config.methods), device=device, dtype=dtype)
 
 
-def _uses_demo(config: MergeConfig) -> bool:
-    return any(is_demo_model(ref) for ref in [config.base, *(e.model for e in config.experts)])
+def _while_building(build, waiting: RunProgress, every: float = 1.0) -> Iterator[RunProgress]:
+    """Runs build(log) in a thread, yielding `waiting` (its stage: the last log line) every `every` seconds."""
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            build(waiting.on_log)
+        except BaseException as err:  # shown on the page; the thread must not die silently
+            failed.append(err)
+
+    worker = threading.Thread(target=target, daemon=True, name="demo-build")
+    worker.start()
+    yield waiting
+    while worker.is_alive():
+        worker.join(every)
+        yield waiting
+    if failed:
+        waiting.error = f"❌ building the demo failed: {failed[0]}"
+        yield waiting
 
 
 def build_config(base: str, experts: list[ExpertForm], methods: list[str], alpha: float, task_lambda: float,
-                 samples: int, max_length: int, seed: int = 0) -> MergeConfig:
+                 samples: int, max_length: int, seed: int = 0, evaluation_samples: int | None = None) -> MergeConfig:
     options = {"alpha": alpha, "lambda": task_lambda, "calibration_samples": int(samples),
-               "max_length": int(max_length), "seed": int(seed)}
+               "max_length": int(max_length), "seed": int(seed), "evaluation_samples": evaluation_samples}
     if not methods:
         raise InputError("tick at least one method")
     return form_config(base, experts, [m for m in METHODS if m in methods], options)
