@@ -1,4 +1,4 @@
-"""The sequential engine (design.md §4-6): one merge method, block by block, with per-layer shift.
+"""The sequential engine (docs/method.md §6, §8): one merge method, block by block, with per-layer shift.
 
 Two kinds of stream advance through the network one block at a time:
 - an expert stream per task: the block's inputs as expert i sees them (expert i's weights all the way);

@@ -1,4 +1,4 @@
-"""The closed-form solves of RegMean and Chain of Merges (design.md §2-3), for one layer group.
+"""The closed-form solves of RegMean and Chain of Merges (docs/method.md §3-5), for one layer group.
 
 Conventions: a group's weight is W [d_in (+1), d_out] with y = [x, 1] W; X are rows of real tokens only.
 """

@@ -1,5 +1,5 @@
 """CLIP image classification: the vision tower is merged; each task's head is zero-shot, built from its class
-names through the base's text tower (design.md §7)."""
+names through the base's text tower (docs/method.md §7)."""
 
 from __future__ import annotations
 
