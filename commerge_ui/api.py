@@ -187,5 +187,5 @@ def _save_model(family: Family, backbone: torch.nn.Module, processor, config: Me
         family.save_task_head(e.source, folder / "heads" / e.name, e.labels)
     card = model_card(config.base, {e.name: e.model for e in config.experts},
                       method, METHODS[method].title, config.options.model_dump(by_alias=True),
-                      result.scores, result.normalized, family.metric)
+                      result.scores, result.normalized, family.metric, METHODS[method].paper)
     (folder / "README.md").write_text(card, encoding="utf-8")

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InputError
 
-MethodName = Literal["com", "regmean", "task_arithmetic", "ties", "average"]
 FamilyName = Literal["auto", "text-classification", "image-classification", "causal-lm"]
 
 
@@ -70,7 +69,7 @@ class MergeConfig(BaseModel):
     base: str = Field(min_length=1)
     family: FamilyName = "auto"
     experts: list[ExpertSpec] = Field(min_length=1)
-    methods: list[MethodName] = Field(default_factory=lambda: ["com", "regmean", "task_arithmetic", "average"])
+    methods: list[str] = Field(default_factory=lambda: ["com", "regmean", "task_arithmetic", "average"])
     options: MergeOptions = Field(default_factory=MergeOptions)
 
     @field_validator("experts")
@@ -85,8 +84,13 @@ class MergeConfig(BaseModel):
     @field_validator("methods")
     @classmethod
     def _some_methods(cls, methods: list[str]) -> list[str]:
+        from .methods import METHODS  # the registry is the one list of names
+
         if not methods:
             raise ValueError("name at least one method")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method '{unknown[0]}'; known: {', '.join(METHODS)}")
         return list(dict.fromkeys(methods))
 
 

@@ -23,9 +23,9 @@ from .config import MergeOptions
 from .errors import Cancelled
 from .families.base import EncodedSamples, Family
 from .layers import LayerGroup, find_layer_groups, group_weight, has_bias, pre_hooks, set_group_weight
-from .methods import Method
+from .methods import EXPERT_ON_MERGED, Method
 from .resources import PeakMemory
-from .solve import augment, com_terms, mean_weight, regmean_terms, solve_group, task_scale
+from .solve import GroupInputs, augment, mean_weight, merge_layer_group
 from .sources import ModelSource
 
 
@@ -132,23 +132,16 @@ class _BlockMerger:
         return out, inputs
 
     def solve(self, group: LayerGroup, label: str, merged_modules: list[nn.Module],
-              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor], xs: list[torch.Tensor]) -> None:
-        """Solve one layer group from the tasks' statistics and write it into the merged block."""
-        o = self.options
+              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor], xs: list[torch.Tensor],
+              on_merged: list[torch.Tensor | None]) -> None:
+        """Gather one layer group's inputs per task, merge it (merge_layer_group), write it into the merged block."""
         bias = self.with_bias(merged_modules)
         weights = [group_weight(g, bias).to(self.stat_dtype) for g in (group.modules(b) for b in expert_blocks)]
         w_mean = mean_weight(weights)
-        ridge, alpha = 0.0, o.alpha
-        if self.method.name == "com" and o.com_regularization == "ridge":
-            ridge, alpha = o.ridge, 1.0
-        terms = []
-        for task, x_hat, x, w in zip(self.tasks, x_hats, xs, weights):
-            if self.method.name == "regmean":
-                t = regmean_terms(augment(x, bias), w, w_mean, alpha)
-            else:
-                t = com_terms(augment(x_hat, bias), augment(x, bias), w, w_mean, alpha, o.target)
-            terms.append(task_scale(t, x.shape[0], o.normalize, task.weight))
-        merged, warning = solve_group(terms, w_mean, ridge=ridge, where=label)
+        inputs = [GroupInputs(augment(x, bias), augment(x_hat, bias), None if z is None else augment(z, bias), w,
+                              w_mean, task.weight)
+                  for task, x_hat, x, z, w in zip(self.tasks, x_hats, xs, on_merged, weights)]
+        merged, warning = merge_layer_group(self.method, inputs, self.options, where=label)
         if warning:
             self.trace.warnings.append(warning)
         set_group_weight(merged_modules, merged, bias)
@@ -156,6 +149,7 @@ class _BlockMerger:
     def merged_pass(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
                     expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> torch.Tensor:
         done: set[LayerGroup] = set()
+        on_merged = self.experts_on_merged(stream, expert_blocks, groups)
 
         def at_group(group: LayerGroup, label: str):
             def hook(module: nn.Module, args: tuple) -> None:
@@ -167,13 +161,26 @@ class _BlockMerger:
                 for task, x_hat, x in zip(self.tasks, x_hats, expert_x):
                     self.trace.shift[task.name].append(relative_error(x_hat, x))
                 if self.method.regression:
-                    self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x)
+                    self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x,
+                               [z[group] if z is not None else None for z in on_merged])
                 done.add(group)
                 self.on_group(label)
             return hook
 
         with pre_hooks(block, {g.names[0]: at_group(g, lbl) for g, lbl in zip(groups, labels)}):
             return run_block(block, stream)
+
+    def experts_on_merged(self, stream: Stream, expert_blocks: list[nn.Module],
+                          groups: list[LayerGroup]) -> list[dict[LayerGroup, torch.Tensor] | None]:
+        """For methods that read it (RegMean++): each expert's own block run on its task's rows of the merged
+        block input, keeping every group's inputs. One more expert forward per task and block."""
+        if EXPERT_ON_MERGED not in self.method.reads:
+            return [None] * len(self.tasks)
+        out = []
+        for task, mask, expert_block in zip(self.tasks, self.masks, expert_blocks):
+            rows = Stream(stream.hidden[task.rows], *_rows_of(stream, task.rows))
+            out.append(self.expert_pass(expert_block, rows, mask, groups)[1])
+        return out
 
 
 def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask], calibration: EncodedSamples,
@@ -216,7 +223,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
 
     def merge_tensor(name: str, experts: Iterable[torch.Tensor], param: torch.Tensor) -> None:
         base_tensor = base.get(name).to(param.device, param.dtype) if method.needs_base else None
-        param.copy_(method.merge_tensor(base_tensor, experts, options))
+        param.copy_(method.merge_tensor(base_tensor, experts, options, name))
 
     with torch.no_grad():
         expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor)

@@ -89,13 +89,14 @@ def _image_suffix(data: bytes | None) -> str:
 
 
 def model_card(base: str, experts: dict[str, str], method: str, title: str, options: dict,
-               scores: dict[str, float | None], normalized: dict[str, float | None], metric: str) -> str:
+               scores: dict[str, float | None], normalized: dict[str, float | None], metric: str,
+               paper: str = "") -> str:
     """README.md for a merged model: what was merged, how, and how it scored."""
     lines = [
         "---", "library_name: transformers", "tags:", "- merge", "- commerge_ui", f"- {method}",
         f"base_model: {base}", "---", "",
         f"# {title} merge of {len(experts)} experts", "",
-        f"Merged with commerge_ui using **{title}** (`{method}`).", "",
+        f"Merged with commerge_ui using **{title}** (`{method}`)" + (f"; method: {paper}." if paper else "."), "",
         f"- Base: `{base}`",
     ]
     lines += [f"- Expert `{name}`: `{model}`" for name, model in experts.items()]

@@ -1,82 +1,153 @@
-"""The merge methods behind one registry: data-free rules per tensor, and which methods solve regressions."""
+"""Every merge method, in one registry (docs/method.md §2-5). A method is one entry of METHODS; the engine asks it
+what to read and how to merge, and never looks at its name.
+
+- Data-free methods give a per-tensor `rule` (the experts' copies of one tensor → the merged tensor).
+- Activation-based methods also give `group_terms`: one task's normal-equation terms for a layer group, from
+  the inputs the engine gathered for it (`reads`). Everything they do not solve is merged by their `rule`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 from .config import MergeOptions
+from .solve import GroupInputs, TaskTerms, com_terms, regmean_terms
 
 
-def average(base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+def average(base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
     # W = mean_i W_i
     return torch.stack([e.float() for e in experts]).mean(dim=0)
 
 
-def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions,
+                    name: str = "") -> torch.Tensor:
     # W = W_base + λ Σ_i (W_i − W_base)
     b = base.float()
     return b + options.task_lambda * torch.stack([e.float() - b for e in experts]).sum(dim=0)
 
 
-def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
-    """TIES (Yadav et al., 2023): trim each task vector to its top k = ⌊density·n⌋ entries by magnitude, elect a
-    sign per entry (the sign of the trimmed sum; a zero sum elects +), and sum the entries that agree.
+def _elect_and_sum(vectors: torch.Tensor) -> torch.Tensor:
+    """TIES's sign election on [K, n] task vectors: the sign of their sum (a zero sum elects +); the sum of the
+    entries that agree with it."""
+    sign = torch.where(vectors.sum(dim=0) >= 0, 1.0, -1.0)
+    agree = (torch.sign(vectors) == sign) & (vectors != 0)
+    return (vectors * agree).sum(dim=0)
+
+
+def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    """TIES (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023): trim each
+    task vector to its top k = ⌊density·n⌋ entries by magnitude, elect a sign per entry (the sign of the
+    trimmed sum; a zero sum elects +), and sum the entries that agree.
 
     Conventions, as in mergekit: exactly k entries survive (entries of equal magnitude at the threshold are
     taken in index order); the disjoint *sum* is scaled by λ (FusionBench's default; the paper's disjoint mean
     with λ≈1 is close).
     """
     b = base.float()
-    vectors = torch.stack([e.float() - b for e in experts])
-    flat = vectors.reshape(len(experts), -1)
+    flat = torch.stack([e.float() - b for e in experts]).reshape(len(experts), -1)
     keep = max(1, int(options.ties_density * flat.shape[1]))
     if keep < flat.shape[1]:
         top = torch.argsort(flat.abs(), dim=1, descending=True, stable=True)[:, :keep]
         flat = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top))
-    sign = torch.where(flat.sum(dim=0) >= 0, 1.0, -1.0)
-    agree = (torch.sign(flat) == sign) & (flat != 0)
-    merged = (flat * agree).sum(dim=0).reshape(base.shape)
-    return b + options.task_lambda * merged
+    return b + options.task_lambda * _elect_and_sum(flat).reshape(base.shape)
+
+
+def of_sum_average(base: torch.Tensor | None, mean: torch.Tensor, count: int, options: MergeOptions) -> torch.Tensor:
+    return mean  # W = mean_i W_i
+
+
+def of_sum_task_arithmetic(base: torch.Tensor | None, mean: torch.Tensor, count: int,
+                           options: MergeOptions) -> torch.Tensor:
+    assert base is not None
+    b = base.float()
+    return b + options.task_lambda * count * (mean - b)  # W_base + λ Σ_i (W_i − W_base)
+
+
+# --- activation-based methods: one task's terms for a layer group ------------------------------------------------
+
+def regmean_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
+    """RegMean (Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models", ICLR 2023):
+    Grams of the unmerged expert's own inputs."""
+    return regmean_terms(inputs.x, inputs.w, inputs.w_mean, alpha)
+
+
+def com_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
+    """Chain of Merges: the partially merged model's inputs X̂ regressed onto the expert's outputs X W_i."""
+    return com_terms(inputs.x_hat, inputs.x, inputs.w, inputs.w_mean, alpha, options.target)
+
+
+def regmean_plusplus_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
+    """RegMean++ (Nguyen et al., "Enhancing Effectiveness and Generalization of Regression Mean for Model
+    Merging", arXiv 2508.03121): RegMean's solve on the Grams of expert i's own block run on the merged
+    model's block input (the merged stream), so inter-block drift is seen; within a block nothing is
+    re-merged, as in the paper's whole-block merge."""
+    assert inputs.x_on_merged is not None
+    return regmean_terms(inputs.x_on_merged, inputs.w, inputs.w_mean, alpha)
+
+
+def shrink_only(options: MergeOptions) -> tuple[float, float]:
+    return options.alpha, 0.0  # (α, ridge)
+
+
+def com_regularization(options: MergeOptions) -> tuple[float, float]:
+    """CoM's choice: the α-shrink, or (α = 1 and) a ridge toward the experts' mean weight."""
+    return (1.0, options.ridge) if options.com_regularization == "ridge" else (options.alpha, 0.0)
+
+
+# What an activation-based method reads, per layer group (the engine gathers only what some method reads):
+EXPERT_INPUTS = "expert_inputs"  # X_i: expert i's own stream (always gathered: the shift is measured on it)
+MERGED_INPUTS = "merged_inputs"  # X̂_i: the partially merged model's stream
+EXPERT_ON_MERGED = "expert_on_merged"  # expert i's block run on the merged stream's block input
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     title: str
-    regression: bool  # linear layers in blocks are solved from activations (RegMean, CoM)
-    rule: object  # the per-tensor rule for everything not solved by regression
+    paper: str
+    rule: Callable[..., torch.Tensor]  # (base, experts, options, name) → merged tensor
+    of_sum: Callable[..., torch.Tensor] | None = None  # the same rule from the experts' mean: streamed
+    needs_base: bool = True
+    group_terms: Callable[[GroupInputs, float, MergeOptions], TaskTerms] | None = None
+    reads: frozenset[str] = frozenset()
+    regularization: Callable[[MergeOptions], tuple[float, float]] = shrink_only
 
     @property
-    def needs_base(self) -> bool:
-        return self.rule is not average
+    def regression(self) -> bool:
+        """Linear layers in blocks are solved from activations."""
+        return self.group_terms is not None
 
-    def merge_tensor(self, base: torch.Tensor | None, experts: Iterable[torch.Tensor],
-                     options: MergeOptions) -> torch.Tensor:
-        """The rule applied to the experts' tensors. Averaging and task arithmetic depend on them only through
-        their sum, so they take one at a time: merging K embedding matrices never holds K of them."""
-        if self.rule not in (average, task_arithmetic):
+    def merge_tensor(self, base: torch.Tensor | None, experts: Iterable[torch.Tensor], options: MergeOptions,
+                     name: str = "") -> torch.Tensor:
+        """The rule applied to the experts' copies of one tensor. A rule with `of_sum` reads them one at a
+        time: merging K embedding matrices never holds K of them."""
+        if self.of_sum is None:
             experts = list(experts)
-            return self.rule(base, experts, options).to(experts[0].dtype)  # type: ignore[operator]
+            return self.rule(base, experts, options, name).to(experts[0].dtype)
         total, count, dtype = None, 0, torch.float32
         for tensor in experts:
             # The first is copied: summing in place into an expert's own float32 tensor would change that expert.
             total = tensor.to(torch.float32, copy=True) if total is None else total.add_(tensor)
             count, dtype = count + 1, tensor.dtype
         assert total is not None, "no expert tensors"
-        mean = total / count
-        if self.rule is average:  # W = mean_i W_i
-            return mean.to(dtype)
-        b = base.float()  # type: ignore[union-attr]
-        return (b + options.task_lambda * count * (mean - b)).to(dtype)  # W_base + λ Σ_i (W_i − W_base)
+        return self.of_sum(base, total / count, count, options).to(dtype)
 
 
-METHODS: dict[str, Method] = {
-    "com": Method("com", "Chain of Merges", True, average),
-    "regmean": Method("regmean", "RegMean", True, average),
-    "task_arithmetic": Method("task_arithmetic", "Task arithmetic", False, task_arithmetic),
-    "ties": Method("ties", "TIES", False, ties),
-    "average": Method("average", "Average", False, average),
-}
+_AVERAGE = {"rule": average, "of_sum": of_sum_average, "needs_base": False}
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("com", "Chain of Merges", "Chain of Merges (CoM), docs/method.md §4", **_AVERAGE, group_terms=com_group,
+           reads=frozenset({EXPERT_INPUTS, MERGED_INPUTS}), regularization=com_regularization),
+    Method("regmean", "RegMean", "Jin et al., Dataless Knowledge Fusion by Merging Weights of Language Models, "
+           "ICLR 2023", **_AVERAGE, group_terms=regmean_group, reads=frozenset({EXPERT_INPUTS})),
+    Method("regmean_plusplus", "RegMean++", "Nguyen et al., Enhancing Effectiveness and Generalization of "
+           "Regression Mean for Model Merging, arXiv 2508.03121", **_AVERAGE, group_terms=regmean_plusplus_group,
+           reads=frozenset({EXPERT_ON_MERGED})),
+    Method("task_arithmetic", "Task arithmetic", "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
+           task_arithmetic, of_sum_task_arithmetic),
+    Method("ties", "TIES", "Yadav et al., TIES-Merging: Resolving Interference When Merging Models, NeurIPS 2023",
+           ties),
+    Method("average", "Average", "Wortsman et al., Model soups, ICML 2022", **_AVERAGE),
+]}

@@ -1,10 +1,14 @@
-"""A naive CoM and RegMean, independent of the engine, for checking it (tests, benchmarks/peer_check.py).
+"""A naive CoM, RegMean and RegMean++, independent of the engine, for checking it (tests,
+benchmarks/peer_check.py).
 
-Every expert is run whole for its inputs X_i, and for CoM the merged model is re-run from the embeddings for
-every layer group: quadratic in depth, and sharing no code with engine.py or solve.py. Float64 throughout.
+Every expert is run whole for its inputs X_i; for CoM the merged model is re-run from the embeddings for
+every layer group, and for RegMean++ a copy of the merged model with expert i's block swapped in is run for
+every block: quadratic in depth, and sharing no code with engine.py or solve.py. Float64 throughout.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -47,19 +51,28 @@ def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], 
           alpha: float = 0.9) -> None:
     """`merged` holds the experts' average; its block groups are overwritten one by one, in network order.
 
-    CoM:     W* = (Σ shrink(X̂ᵀX̂)/n_i)⁻¹ Σ shrink(X̂ᵀX) W_i / n_i   (X̂ from the partly merged model)
-    RegMean: W* = (Σ shrink(XᵀX)/n_i)⁻¹ Σ shrink(XᵀX) W_i / n_i
+    CoM:       W* = (Σ shrink(X̂ᵀX̂)/n_i)⁻¹ Σ shrink(X̂ᵀX) W_i / n_i   (X̂ from the partly merged model)
+    RegMean:   W* = (Σ shrink(XᵀX)/n_i)⁻¹ Σ shrink(XᵀX) W_i / n_i
+    RegMean++: RegMean, with X_i read in expert i's block fed the merged model's input to that block
+               (captured for the whole block before any of its groups is written)
     """
     def shrink(g):
         return alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
 
     for layer in range(layers):
-        for group in groups:
+        swapped = []
+        if method == "regmean_plusplus":
+            for expert, (batch, mask) in zip(experts, batches):
+                hybrid = copy.deepcopy(merged)
+                block = f"{blocks}.{layer}"
+                hybrid.get_submodule(block).load_state_dict(expert.get_submodule(block).state_dict())
+                swapped.append([_inputs_of(hybrid, f"{block}.{g[0]}", batch, mask) for g in groups])
+        for index, group in enumerate(groups):
             paths = [f"{blocks}.{layer}.{name}" for name in group]
             regress = bias == "regress" and all(merged.get_submodule(p).bias is not None for p in paths)
             lhs, rhs = 0, 0
-            for expert, (batch, mask) in zip(experts, batches):
-                x = _inputs_of(expert, paths[0], batch, mask)
+            for k, (expert, (batch, mask)) in enumerate(zip(experts, batches)):
+                x = swapped[k][index] if swapped else _inputs_of(expert, paths[0], batch, mask)
                 x_hat = _inputs_of(merged, paths[0], batch, mask) if method == "com" else x
                 if regress:
                     x, x_hat = (torch.cat([t, t.new_ones(len(t), 1)], dim=1) for t in (x, x_hat))

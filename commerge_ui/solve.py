@@ -6,10 +6,14 @@ Conventions: a group's weight is W [d_in (+1), d_out] with y = [x, 1] W; X are r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from .errors import MergeError
+
+if TYPE_CHECKING:
+    from .config import MergeOptions
 
 
 @dataclass
@@ -18,6 +22,19 @@ class TaskTerms:
 
     lhs: torch.Tensor  # A_i [d, d], in the statistics dtype
     rhs: torch.Tensor  # B_i [d, d_out], float64
+
+
+@dataclass
+class GroupInputs:
+    """What one task brings to a layer group's solve. Rows are its real tokens; with `bias: regress` every
+    input has a column of ones appended and W a bias row."""
+
+    x: torch.Tensor  # X_i: the group's inputs in expert i, on its own stream
+    x_hat: torch.Tensor  # X̂_i: the group's inputs in the partially merged model
+    x_on_merged: torch.Tensor | None  # expert i's block run on the merged block input (RegMean++), if read
+    w: torch.Tensor  # W_i [d_in (+1), d_out]
+    w_mean: torch.Tensor  # W̄, float64
+    weight: float = 1.0  # the task's importance λ_i
 
 
 def augment(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
@@ -106,3 +123,19 @@ def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0
         warning = (f"{where}: singular or ill-conditioned statistics (too few or duplicated samples?); "
                    f"added a ridge of {mu / scale:.0e} × mean diagonal")
     raise MergeError(f"{where}: could not solve the merge even with a ridge; check the calibration samples")
+
+
+class GroupMethod(Protocol):
+    def group_terms(self, inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms: ...
+
+    def regularization(self, options: MergeOptions) -> tuple[float, float]: ...
+
+
+def merge_layer_group(method: GroupMethod, inputs: list[GroupInputs], options: MergeOptions,
+                      where: str = "layer") -> tuple[torch.Tensor, str | None]:
+    """One layer group merged: each task's terms from the method, normalised and weighted, then solved.
+    Returns W* [d_in (+1), d_out] in float64 and a warning if the system needed a ridge."""
+    alpha, ridge = method.regularization(options)
+    terms = [task_scale(method.group_terms(g, alpha, options), g.x.shape[0], options.normalize, g.weight)
+             for g in inputs]
+    return solve_group(terms, inputs[0].w_mean, ridge=ridge, where=where)

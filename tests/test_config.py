@@ -16,7 +16,7 @@ def test_defaults_follow_the_design():
 @pytest.mark.parametrize("data, field", [
     ({"experts": [{"name": "t", "model": "m"}]}, "base"),
     ({"base": "b", "experts": []}, "experts"),
-    ({"base": "b", "experts": [{"name": "t", "model": "m"}], "methods": ["magic"]}, "methods.0"),
+    ({"base": "b", "experts": [{"name": "t", "model": "m"}], "methods": ["magic"]}, "methods"),
     ({"base": "b", "experts": [{"name": "t", "model": "m"}], "options": {"alpha": 2}}, "options.alpha"),
     ({"base": "b", "experts": [{"name": "t", "model": "m"}], "options": {"colour": 1}}, "options.colour"),
     ({"base": "b", "experts": [{"name": "t", "model": "m"}, {"name": "t", "model": "n"}]}, "experts"),

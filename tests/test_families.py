@@ -15,6 +15,7 @@ from commerge_ui.config import parse_config
 from commerge_ui.errors import InputError
 from commerge_ui.families import detect_family
 from commerge_ui.families.causal_lm import perplexity
+from commerge_ui.methods import METHODS
 from commerge_ui.layers import find_layer_groups, group_weight, linear_shape, set_group_weight
 from commerge_ui.model_info import compare_to_base, inspect_model
 from commerge_ui.samples import read_samples
@@ -37,12 +38,15 @@ def distinct(request, tmp_path_factory):
     return request.param, setup, report, out
 
 
+REGRESSION = [name for name, m in METHODS.items() if m.regression]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_identical_experts_give_the_expert_back(tmp_path, kind):
     setup = make(kind, tmp_path, identical=True)
-    run_merge(parse_config(setup.config(methods=["com", "regmean"])), out_dir=tmp_path / "out", save=["com", "regmean"])
+    run_merge(parse_config(setup.config(methods=REGRESSION)), out_dir=tmp_path / "out", save=REGRESSION)
     expert = SafetensorsWeights(setup.experts["task0"])
-    for method in ("com", "regmean"):
+    for method in REGRESSION:
         merged = SafetensorsWeights(tmp_path / "out" / method)
         source = find_source(expert, merged.names(), "", "expert")
         compared = 0
@@ -51,6 +55,16 @@ def test_identical_experts_give_the_expert_back(tmp_path, kind):
                 assert torch.allclose(merged.get(name).float(), source.get(name).float(), atol=2e-4), (method, name)
                 compared += 1
         assert compared >= len(merged.names()) - 1  # all but, at most, a projection the expert does not store
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "bert"])
+def test_every_registered_method_merges_every_family(kind, tiny, tmp_path):
+    setup = tiny if kind == "bert" else make(kind, tmp_path, layers=2, noise=0.5)
+    report = run_merge(parse_config(setup.config(methods=list(METHODS))))
+    assert list(report.methods) == list(METHODS)
+    for name, method in report.methods.items():
+        assert all(s is not None and math.isfinite(s) for s in method.scores.values()), name
+        assert all(len(v) == len(report.layers) and all(map(math.isfinite, v)) for v in method.shift.values()), name
 
 
 def test_com_shift_at_the_last_layer_is_below_regmean(distinct):

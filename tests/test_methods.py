@@ -1,9 +1,19 @@
-"""Data-free rules: average, task arithmetic and TIES on hand-checked tensors."""
+"""The registry and the data-free rules (average, task arithmetic, TIES, DARE) on hand-checked tensors; a method
+registered here, outside the engine, runs end to end."""
 
+import inspect
+import json
+import re
+
+import pytest
 import torch
 
-from commerge_ui.config import MergeOptions
-from commerge_ui.methods import METHODS, average, task_arithmetic, ties
+import commerge_ui.engine
+from commerge_ui.api import run_merge
+from commerge_ui.config import MergeOptions, parse_config
+from commerge_ui.errors import InputError
+from commerge_ui.methods import MERGED_INPUTS, METHODS, Method, average, task_arithmetic, ties
+from commerge_ui.solve import GroupInputs, regmean_terms
 
 
 def test_average_and_task_arithmetic():
@@ -35,8 +45,38 @@ def test_ties_keeps_exactly_k_with_ties_at_the_threshold_and_a_zero_sum_elects_p
 
 
 def test_registry_marks_regression_methods():
-    assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean"}
+    assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean", "regmean_plusplus"}
     assert not METHODS["average"].needs_base and METHODS["ties"].needs_base
+
+
+def test_the_engine_has_no_method_names():
+    source = inspect.getsource(commerge_ui.engine)
+    names = "|".join(re.escape(n) for n in METHODS)
+    assert not re.search(rf"[\"'](?:{names})[\"']", source)
+
+
+def test_unknown_methods_are_refused_by_the_config():
+    with pytest.raises(InputError, match="unknown method 'fisher'.*known: com, regmean"):
+        parse_config({"base": "b", "experts": [{"name": "t", "model": "m"}], "methods": ["fisher"]})
+
+
+def test_a_method_registered_outside_the_engine_runs_end_to_end(tiny, tmp_path, monkeypatch):
+    """RegMean on the merged model's inputs (X̂ᵀX̂ W_i): declared here, gathered and solved by the engine."""
+    calls = []
+
+    def terms(inputs: GroupInputs, alpha: float, options: MergeOptions):
+        calls.append(inputs.x_hat.shape)
+        return regmean_terms(inputs.x_hat, inputs.w, inputs.w_mean, alpha)
+
+    plugin = Method("regmean_on_merged", "RegMean on merged inputs", "a test", average, needs_base=False,
+                    group_terms=terms, reads=frozenset({MERGED_INPUTS}))
+    monkeypatch.setitem(METHODS, plugin.name, plugin)
+    config = parse_config(tiny.config(methods=["regmean_on_merged", "regmean"]))
+    report = json.loads(run_merge(config, out_dir=tmp_path / "out", save=["regmean_on_merged"], device="cpu").to_json())
+    assert len(calls) == 3 * len(report["layers"])  # once per task and layer group
+    ours, regmean = report["methods"]["regmean_on_merged"], report["methods"]["regmean"]
+    assert ours["shift"] != regmean["shift"] and all(v is not None for v in ours["scores"].values())
+    assert "RegMean on merged inputs" in (tmp_path / "out" / "regmean_on_merged" / "README.md").read_text()
 
 
 def test_linear_rules_stream_the_experts_and_match_the_stacked_rule():
@@ -52,7 +92,7 @@ def test_linear_rules_stream_the_experts_and_match_the_stacked_rule():
                 read.append(e)
                 yield e.to(torch.bfloat16)
 
-        merged = METHODS[name].merge_tensor(base, one_at_a_time(), options)
+        merged = METHODS[name].merge_tensor(base, one_at_a_time(), options, "w")
         assert merged.dtype == torch.bfloat16 and len(read) == 4
         expected = rule(base, [e.to(torch.bfloat16) for e in experts], options)
         torch.testing.assert_close(merged.float(), expected.to(torch.bfloat16).float())

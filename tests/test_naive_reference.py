@@ -1,4 +1,4 @@
-"""The engine's CoM and RegMean against the naive, independent implementation in commerge_ui/reference.py:
+"""The engine's CoM, RegMean and RegMean++ against the naive, independent implementation in commerge_ui/reference.py:
 every expert run whole for its inputs X_i, and the merged model re-run from the embeddings for every layer
 group (no cached streams, no shared code with the engine), under both bias modes."""
 
@@ -82,7 +82,7 @@ def _batches(family, folder: Path, calibration: list[Path]):
     return out
 
 
-@pytest.mark.parametrize("method", ["com", "regmean"])
+@pytest.mark.parametrize("method", ["com", "regmean", "regmean_plusplus"])
 @pytest.mark.parametrize("bias", ["regress", "average"])
 def test_bert_merge_equals_the_naive_reference(bert, method, bias):
     root, experts, calibration = bert
@@ -94,7 +94,7 @@ def test_bert_merge_equals_the_naive_reference(bert, method, bias):
     assert relative_difference(ours.state_dict(), reference.state_dict(), "encoder.layer") < 1e-5
 
 
-@pytest.mark.parametrize("method", ["com", "regmean"])
+@pytest.mark.parametrize("method", ["com", "regmean", "regmean_plusplus"])
 @pytest.mark.parametrize("bias", ["regress", "average"])
 def test_gpt2_merge_equals_the_naive_reference(gpt2, method, bias):
     root, experts, calibration = gpt2
