@@ -8,6 +8,7 @@ what to read and how to merge, and never looks at its name.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -53,6 +54,37 @@ def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions,
         top = torch.argsort(flat.abs(), dim=1, descending=True, stable=True)[:, :keep]
         flat = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top))
     return b + options.task_lambda * _elect_and_sum(flat).reshape(base.shape)
+
+
+def dare_vectors(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str) -> torch.Tensor:
+    """DARE's drop and rescale: each task vector loses a random fraction p of its entries (p = `dare_drop`), and
+    the rest are divided by 1 − p, so its expectation is unchanged. Seeded by the run's seed, the tensor's name
+    and the expert's position: the same config gives the same merge, whatever order tensors are read in."""
+    b = base.float()
+    p = options.dare_drop
+    out = []
+    for i, expert in enumerate(experts):
+        vector = expert.float() - b
+        if p > 0:
+            seed = zlib.crc32(f"{options.seed}:{name}:{i}".encode())
+            generator = torch.Generator().manual_seed(seed)
+            keep = torch.rand(vector.shape, generator=generator) >= p
+            vector = torch.where(keep.to(vector.device), vector / (1 - p), torch.zeros_like(vector))
+        out.append(vector)
+    return torch.stack(out)
+
+
+def dare(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    """DARE (Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free
+    Lunch", ICML 2024) with task arithmetic: W_base + λ Σ_i DARE(τ_i)."""
+    return base.float() + options.task_lambda * dare_vectors(base, experts, options, name).sum(dim=0)
+
+
+def dare_ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    """DARE-TIES (Yu et al., 2024): the DARE-sparsified task vectors replace TIES's magnitude trim; then TIES's
+    sign election and disjoint sum, scaled by λ."""
+    vectors = dare_vectors(base, experts, options, name).reshape(len(experts), -1)
+    return base.float() + options.task_lambda * _elect_and_sum(vectors).reshape(base.shape)
 
 
 def of_sum_average(base: torch.Tensor | None, mean: torch.Tensor, count: int, options: MergeOptions) -> torch.Tensor:
@@ -149,5 +181,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            task_arithmetic, of_sum_task_arithmetic),
     Method("ties", "TIES", "Yadav et al., TIES-Merging: Resolving Interference When Merging Models, NeurIPS 2023",
            ties),
+    Method("dare", "DARE", "Yu et al., Language Models are Super Mario: Absorbing Abilities from Homologous "
+           "Models as a Free Lunch, ICML 2024", dare),
+    Method("dare_ties", "DARE-TIES", "Yu et al., ICML 2024 (DARE) with Yadav et al., NeurIPS 2023 (TIES)", dare_ties),
     Method("average", "Average", "Wortsman et al., Model soups, ICML 2022", **_AVERAGE),
 ]}

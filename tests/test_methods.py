@@ -12,7 +12,7 @@ import commerge_ui.engine
 from commerge_ui.api import run_merge
 from commerge_ui.config import MergeOptions, parse_config
 from commerge_ui.errors import InputError
-from commerge_ui.methods import MERGED_INPUTS, METHODS, Method, average, task_arithmetic, ties
+from commerge_ui.methods import MERGED_INPUTS, METHODS, Method, average, dare, dare_ties, task_arithmetic, ties
 from commerge_ui.solve import GroupInputs, regmean_terms
 
 
@@ -46,7 +46,39 @@ def test_ties_keeps_exactly_k_with_ties_at_the_threshold_and_a_zero_sum_elects_p
 
 def test_registry_marks_regression_methods():
     assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean", "regmean_plusplus"}
-    assert not METHODS["average"].needs_base and METHODS["ties"].needs_base
+    assert not METHODS["average"].needs_base and METHODS["ties"].needs_base and METHODS["dare"].needs_base
+
+
+def test_dare_without_drops_is_its_base_combination():
+    torch.manual_seed(1)
+    base = torch.randn(6, 5)
+    experts = [base + torch.randn(6, 5) for _ in range(3)]
+    none = MergeOptions(**{"lambda": 0.4, "dare_drop": 0.0, "ties_density": 1.0})
+    torch.testing.assert_close(dare(base, experts, none, "w"), task_arithmetic(base, experts, none))
+    torch.testing.assert_close(dare_ties(base, experts, none, "w"), ties(base, experts, none))
+
+
+def test_dare_drops_a_seeded_fraction_and_rescales_the_rest():
+    base = torch.zeros(100, 100)
+    expert = torch.full((100, 100), 2.0)
+    options = MergeOptions(**{"lambda": 1.0, "dare_drop": 0.75, "seed": 3})
+    merged = dare(base, [expert], options, "layer.weight")
+    kept = merged != 0
+    assert torch.all(merged[kept] == 8.0)  # 2 / (1 − 0.75)
+    assert 0.22 < kept.float().mean() < 0.28  # a quarter survives
+    assert torch.equal(merged, dare(base, [expert], options, "layer.weight"))  # reproducible
+    assert not torch.equal(merged, dare(base, [expert], options, "other.weight"))  # each tensor its own mask
+    assert not torch.equal(merged, dare(base, [expert], options.model_copy(update={"seed": 4}), "layer.weight"))
+    two = dare(base, [expert, expert], options, "layer.weight")  # each expert its own mask: sums of 0, 8, 16
+    assert set(two.unique().tolist()) == {0.0, 8.0, 16.0}
+
+
+def test_dare_ties_elects_signs_on_the_dropped_vectors():
+    base = torch.zeros(4)
+    experts = [torch.tensor([1.0, -1.0, 2.0, 0.0]), torch.tensor([-3.0, -1.0, 1.0, 1.0])]
+    merged = dare_ties(base, experts, MergeOptions(**{"lambda": 1.0, "dare_drop": 0.0}), "w")
+    # signs of the sums [-2, -2, 3, 1] → [-, -, +, +]: only agreeing entries are summed
+    torch.testing.assert_close(merged, torch.tensor([-3.0, -2.0, 3.0, 1.0]))
 
 
 def test_the_engine_has_no_method_names():
