@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import MergeOptions
+from .methods_svd import iso_c, iso_cts, tsv_m
 from .solve import GroupInputs, TaskTerms, com_terms, regmean_terms
 
 
@@ -184,5 +185,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("dare", "DARE", "Yu et al., Language Models are Super Mario: Absorbing Abilities from Homologous "
            "Models as a Free Lunch, ICML 2024", dare),
     Method("dare_ties", "DARE-TIES", "Yu et al., ICML 2024 (DARE) with Yadav et al., NeurIPS 2023 (TIES)", dare_ties),
+    Method("tsv_m", "TSV-M", "Gargiulo et al., Task Singular Vectors: Reducing Task Interference in Model Merging, "
+           "CVPR 2025", tsv_m),
+    Method("iso_c", "Iso-C", "Marczak et al., No Task Left Behind: Isotropic Model Merging with Common and "
+           "Task-Specific Subspaces, ICML 2025", iso_c),
+    Method("iso_cts", "Iso-CTS", "Marczak et al., ICML 2025 (common and task-specific subspaces)", iso_cts),
     Method("average", "Average", "Wortsman et al., Model soups, ICML 2022", **_AVERAGE),
 ]}

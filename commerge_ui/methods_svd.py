@@ -1,0 +1,90 @@
+"""Data-free merges in the task vectors' singular bases (docs/method.md §2): TSV-M, Iso-C and Iso-CTS.
+
+Each acts on one weight matrix at a time; a tensor that is not a matrix (biases, norms), an embedding table
+(by name: as their reference code, which keeps token/position tables and heads out of the SVD), or a matrix
+narrower than the number of experts gets the mean task vector instead. The merged weight is
+W_base + α·M, α = `svd_scale` (1.0: the papers pick it on held-out data, which this tool does not tune).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import MergeOptions
+
+_NOT_MATRICES = ("embed", "wte", "wpe", "lm_head", "position", "token_type")
+
+
+def _is_matrix(name: str, vectors: list[torch.Tensor]) -> bool:
+    shape = vectors[0].shape
+    return len(shape) == 2 and min(shape) >= len(vectors) and not any(key in name for key in _NOT_MATRICES)
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """The orthogonal factor of A (the nearest matrix with orthonormal columns, or rows if wide): P Qᵀ for
+    A = P Σ Qᵀ."""
+    p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    return p @ qh
+
+
+def _merge(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str, matrix_rule) -> torch.Tensor:
+    b = base.float()
+    vectors = [e.float() - b for e in experts]
+    if _is_matrix(name, vectors):
+        merged = matrix_rule([v.double() for v in vectors], options).float()
+    else:
+        merged = torch.stack(vectors).mean(dim=0)
+    return b + options.svd_scale * merged
+
+
+def tsv_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+    # each τ_i keeps its top r = ⌊min(m, n)/K⌋ singular triplets; the stacked bases are orthogonalised (polar)
+    # and the kept singular values reused: M = polar([U_1..U_K]) diag(S_1..S_K) polar([V_1..V_K])
+    rank = min(vectors[0].shape) // len(vectors)
+    us, ss, vs = [], [], []
+    for vector in vectors:
+        u, s, vh = torch.linalg.svd(vector, full_matrices=False)
+        us.append(u[:, :rank])
+        ss.append(s[:rank])
+        vs.append(vh[:rank])
+    return polar(torch.cat(us, dim=1)) @ torch.diag(torch.cat(ss)) @ polar(torch.cat(vs, dim=0))
+
+
+def iso_c_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+    # Σ_i τ_i = U S Vᵀ  →  M = U (mean(S) I) Vᵀ: every direction of the sum, at one common strength
+    u, s, vh = torch.linalg.svd(sum(vectors), full_matrices=False)
+    return (u * s.mean()) @ vh
+
+
+def iso_cts_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
+    """The top k = fraction·min(m, n) directions of Σ τ_i (the common subspace, k adjusted so the rest splits
+    evenly), plus each task's top directions outside it; the union orthogonalised, at one common strength."""
+    count, width = len(vectors), min(vectors[0].shape)
+    common = int(width * options.iso_common_fraction)
+    per_task = round((width - common) / count)
+    common = width - per_task * count
+    u, s, vh = torch.linalg.svd(sum(vectors), full_matrices=False)
+    us, ss, vs = [u[:, :common]], [s[:common]], [vh[:common]]
+    for vector in vectors:
+        rest = vector - us[0] @ (us[0].T @ vector)  # τ_i outside the common subspace
+        ut, st, vth = torch.linalg.svd(rest, full_matrices=False)
+        us.append(ut[:, :per_task])
+        ss.append(st[:per_task])
+        vs.append(vth[:per_task])
+    return (polar(torch.cat(us, dim=1)) * torch.cat(ss).mean()) @ polar(torch.cat(vs, dim=0))
+
+
+def tsv_m(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    """TSV-M (Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model Merging", CVPR 2025)."""
+    return _merge(base, experts, options, name, tsv_matrix)
+
+
+def iso_c(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    """Iso-C (Marczak et al., "No Task Left Behind: Isotropic Model Merging with Common and Task-Specific
+    Subspaces", ICML 2025): the sum of task vectors with a flat singular spectrum."""
+    return _merge(base, experts, options, name, iso_c_matrix)
+
+
+def iso_cts(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    """Iso-CTS (Marczak et al., ICML 2025): Iso-C's common subspace plus task-specific subspaces."""
+    return _merge(base, experts, options, name, iso_cts_matrix)
