@@ -3,11 +3,12 @@
     python benchmarks/study.py [--config assets/demo/demo.yaml] [--seeds 0,1,2] [--samples 16,64,256]
                                [--out out/study] [--parts grid,options,heldout]
 
-One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, max_length 64),
-never tuned per method. A seed picks each task's calibration subset (the experts are fixed; training them
-again per seed is left to a GPU). Parts:
-- grid: calibration samples × seeds for CoM and RegMean; the data-free methods once per sample count (their
-  weights do not depend on the calibration samples, only their measured shift does);
+One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, DARE drop 0.5,
+SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
+are fixed; training them again per seed is left to a GPU). Parts:
+- grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++); the data-free
+  methods once, at the middle sample count and the first seed (their weights do not depend on the calibration
+  samples, only their measured shift does);
 - options: at 64 samples, each seed, one option changed at a time for CoM and RegMean alike (α 0.5, α 1.0,
   normalize none, CoM's target expert_weights, CoM's ridge regularisation);
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on).
@@ -28,8 +29,8 @@ from commerge_ui.config import MergeConfig, load_config
 from commerge_ui.demo import DEMO_CONFIG, ensure_demo
 from commerge_ui.heldout import heldout_shift
 
-REGRESSION = ["com", "regmean"]
-DATA_FREE = ["task_arithmetic", "ties", "average"]
+REGRESSION = ["com", "regmean", "regmean_plusplus"]
+DATA_FREE = ["task_arithmetic", "ties", "dare", "dare_ties", "tsv_m", "iso_c", "iso_cts", "average"]
 VARIANTS = {"alpha 0.5": {"alpha": 0.5}, "alpha 1.0": {"alpha": 1.0}, "normalize none": {"normalize": "none"},
             "target expert_weights": {"target": "expert_weights"}, "ridge": {"com_regularization": "ridge"}}
 
@@ -81,53 +82,60 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = [e.name for e in config.experts]
 
-    grid = {(n, s): run(config, args.out, f"grid-{n}-{s}", REGRESSION + (DATA_FREE if s == seeds[0] else []), n, s)
+    middle = 64 if 64 in counts else counts[0]
+    grid = {(n, s): run(config, args.out, f"grid-{n}-{s}", REGRESSION, n, s)
             for n in counts for s in seeds} if "grid" in parts else {}
     if grid:
+        free = run(config, args.out, f"free-{middle}", DATA_FREE, middle, seeds[0])
+        for s in seeds:  # the data-free weights are the same for every seed and sample count
+            grid[(middle, s)]["methods"].update(free["methods"] if s == seeds[0] else {})
         first = grid[(counts[0], seeds[0])]
         experts = [first["experts"][t]["score"] for t in tasks]
         base = [first["base"]["scores"][t] for t in tasks]
         print(f"\n## Average accuracy (%) over {len(tasks)} tasks; mean ± std over seeds {args.seeds}\n")
         print(f"experts {100 * statistics.mean(experts):.1f}, base with each expert's head "
               f"{100 * statistics.mean(base):.1f}\n")
-        print("| method | " + " | ".join(f"{n} samples" for n in counts) + " | last-group shift (64) |")
+        print("| method | " + " | ".join(f"{n} samples" for n in counts) + f" | last-group shift ({middle}) |")
         print("|---|" + "---|" * (len(counts) + 1))
-        middle = 64 if 64 in counts else counts[0]
         for m in REGRESSION + DATA_FREE:
             cells = []
             for n in counts:
                 values = [grid[(n, s)]["methods"][m]["average_score"] for s in seeds if m in grid[(n, s)]["methods"]]
-                cells.append(pm(values, 100))
+                cells.append(pm(values, 100) if values else "same")
             shifts = [last_shift(grid[(middle, s)]["methods"][m]) for s in seeds if m in grid[(middle, s)]["methods"]]
             print(f"| {m} | " + " | ".join(cells) + f" | {pm(shifts, 1, 3)} |")
         wins = sum(grid[c]["methods"]["com"]["average_score"] >= grid[c]["methods"]["regmean"]["average_score"]
                    for c in grid)
-        print(f"\nCoM ≥ RegMean in {wins} of {len(grid)} (samples, seed) cells.")
+        wins_pp = sum(grid[c]["methods"]["com"]["average_score"] >= grid[c]["methods"]["regmean_plusplus"]
+                      ["average_score"] for c in grid)
+        print(f"\nCoM ≥ RegMean in {wins} and ≥ RegMean++ in {wins_pp} of {len(grid)} (samples, seed) cells.")
         print(f"\n## Per task at {middle} samples (accuracy %, mean over seeds)\n")
-        print("| | " + " | ".join(tasks) + " |")
-        print("|---|" + "---|" * len(tasks))
+        print("| | " + " | ".join(tasks) + " | merge s |")
+        print("|---|" + "---|" * (len(tasks) + 1))
         print("| base + expert head | " + " | ".join(f"{100 * v:.1f}" for v in base) + " |")
         print("| expert | " + " | ".join(f"{100 * v:.1f}" for v in experts) + " |")
         for m in REGRESSION + DATA_FREE:
-            rows = [grid[(middle, s)]["methods"][m]["scores"] for s in seeds if m in grid[(middle, s)]["methods"]]
-            print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(r[t] for r in rows):.1f}" for t in tasks) + " |")
+            runs = [grid[(middle, s)]["methods"][m] for s in seeds if m in grid[(middle, s)]["methods"]]
+            print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(r['scores'][t] for r in runs):.1f}" for t in tasks)
+                  + f" | {statistics.mean(r['seconds'] for r in runs):.0f} |")
 
     if "options" in parts:
         print("\n## One option changed, 64 samples (average accuracy %, last-group shift; mean ± std over seeds)\n")
         print("| setting | CoM accuracy | RegMean accuracy | CoM shift | RegMean shift |")
         print("|---|---|---|---|---|")
+        pair = ["com", "regmean"]
         rows = {"defaults": [run(config, args.out, f"grid-64-{s}", REGRESSION, 64, s) for s in seeds]}
         for name, change in VARIANTS.items():
-            rows[name] = [run(config, args.out, f"option-{name.replace(' ', '_')}-{s}", REGRESSION, 64, s, **change)
+            rows[name] = [run(config, args.out, f"option-{name.replace(' ', '_')}-{s}", pair, 64, s, **change)
                           for s in seeds]
         for name, reports in rows.items():
-            acc = {m: [r["methods"][m]["average_score"] for r in reports] for m in REGRESSION}
-            shift = {m: [last_shift(r["methods"][m]) for r in reports] for m in REGRESSION}
+            acc = {m: [r["methods"][m]["average_score"] for r in reports] for m in pair}
+            shift = {m: [last_shift(r["methods"][m]) for r in reports] for m in pair}
             print(f"| {name} | {pm(acc['com'], 100)} | {pm(acc['regmean'], 100)} | {pm(shift['com'], 1, 3)} | "
                   f"{pm(shift['regmean'], 1, 3)} |")
 
     if "heldout" in parts:
-        saved = ["com", "regmean", "average"]
+        saved = ["com", "regmean", "regmean_plusplus", "average"]
         per_seed = []
         for s in seeds:
             key = f"heldout-{s}"
