@@ -130,8 +130,9 @@ def com_regularization(options: MergeOptions) -> tuple[float, float]:
     return (1.0, options.ridge) if options.com_regularization == "ridge" else (options.alpha, 0.0)
 
 
-# What an activation-based method reads, per layer group (the engine gathers only what some method reads):
-EXPERT_INPUTS = "expert_inputs"  # X_i: expert i's own stream (always gathered: the shift is measured on it)
+# What an activation-based method reads, per layer group. The first two are always gathered (the shift is
+# measured on them); the third costs one more expert forward per block and is run only for a method reading it.
+EXPERT_INPUTS = "expert_inputs"  # X_i: expert i's own stream
 MERGED_INPUTS = "merged_inputs"  # X̂_i: the partially merged model's stream
 EXPERT_ON_MERGED = "expert_on_merged"  # expert i's block run on the merged stream's block input
 
