@@ -104,8 +104,8 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
         methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
                                    label="Methods to compare")
         with gr.Row():
-            alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (RegMean/CoM shrink)")
-            task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES)")
+            alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (CoM, RegMean, RegMean++ shrink)")
+            task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES, DARE)")
             samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
                                 label="calibration samples per expert")
             max_length = gr.Slider(8, 512, value=options["max_length"], step=8, label="max length (tokens)")
