@@ -105,6 +105,8 @@ def _base_folder(root: Path, blocks: int | None, log: Callable[[str], None]) -> 
     source, base = ensure_smollm2(log=log), root / "base"
     if (base / "config.json").is_file():
         return base
+    if base.is_symlink():  # a link into a cache that was cleared since
+        base.unlink()
     if blocks is None:
         try:
             base.symlink_to(source, target_is_directory=True)
