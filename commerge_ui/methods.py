@@ -19,16 +19,28 @@ from .methods_svd import iso_c, iso_cts, tsv_m
 from .solve import GroupInputs, TaskTerms, com_terms, regmean_terms
 
 
-def average(base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
-    # W = mean_i W_i
+def _mean(experts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([e.float() for e in experts]).mean(dim=0)
+
+
+def of_sum_average(base: torch.Tensor | None, mean: torch.Tensor, count: int, options: MergeOptions) -> torch.Tensor:
+    return mean  # W = mean_i W_i
+
+
+def of_sum_task_arithmetic(base: torch.Tensor | None, mean: torch.Tensor, count: int,
+                           options: MergeOptions) -> torch.Tensor:
+    assert base is not None
+    b = base.float()
+    return b + options.task_lambda * count * (mean - b)  # W_base + λ Σ_i (W_i − W_base)
+
+
+def average(base: torch.Tensor | None, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
+    return of_sum_average(base, _mean(experts), len(experts), options)
 
 
 def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions,
                     name: str = "") -> torch.Tensor:
-    # W = W_base + λ Σ_i (W_i − W_base)
-    b = base.float()
-    return b + options.task_lambda * torch.stack([e.float() - b for e in experts]).sum(dim=0)
+    return of_sum_task_arithmetic(base, _mean(experts), len(experts), options)
 
 
 def _elect_and_sum(vectors: torch.Tensor) -> torch.Tensor:
@@ -86,17 +98,6 @@ def dare_ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOpt
     sign election and disjoint sum, scaled by λ."""
     vectors = dare_vectors(base, experts, options, name).reshape(len(experts), -1)
     return base.float() + options.task_lambda * _elect_and_sum(vectors).reshape(base.shape)
-
-
-def of_sum_average(base: torch.Tensor | None, mean: torch.Tensor, count: int, options: MergeOptions) -> torch.Tensor:
-    return mean  # W = mean_i W_i
-
-
-def of_sum_task_arithmetic(base: torch.Tensor | None, mean: torch.Tensor, count: int,
-                           options: MergeOptions) -> torch.Tensor:
-    assert base is not None
-    b = base.float()
-    return b + options.task_lambda * count * (mean - b)  # W_base + λ Σ_i (W_i − W_base)
 
 
 # --- activation-based methods: one task's terms for a layer group ------------------------------------------------
