@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from commerge_ui.api import run_merge
 from commerge_ui.config import load_config, parse_config
 from commerge_ui.demo import DEMOS, demo_of
-from commerge_ui.demo.lm import DOMAINS, LM_CONFIG, LM_MODELS, RECIPE, ensure_lm_demo, is_lm_built
+from commerge_ui.demo.lm import DOMAINS, LM_CONFIG, LM_MODELS, RECIPE, ensure_lm_demo, is_lm_built, prepare_folder
+from commerge_ui.errors import InputError
 from commerge_ui.samples import read_samples
 
 SMOKE = {**RECIPE, "steps": 10}
@@ -26,6 +27,22 @@ def test_the_example_config_names_the_demo_models_and_committed_texts():
     assert demo_of(config.experts[0].model) is DEMOS["lm"] and Path(config.experts[0].model).parent == LM_MODELS
     for expert in config.experts:
         assert len(read_samples(expert.calibration)) == 256 and len(read_samples(expert.evaluation)) >= 300
+
+
+def test_a_build_resumes_only_its_own_recipe_and_refuses_foreign_folders(tmp_path):
+    ours, other = {"recipe": 1}, {"recipe": 2}
+    prepare_folder(tmp_path / "new", ours)
+    (tmp_path / "new" / "tweets").mkdir()  # an expert of an interrupted build
+    prepare_folder(tmp_path / "new", ours)
+    assert (tmp_path / "new" / "tweets").is_dir()  # same recipe: resumed
+    prepare_folder(tmp_path / "new", other)
+    assert not (tmp_path / "new" / "tweets").exists()  # another recipe: begun again
+    assert json.loads((tmp_path / "new" / "recipe.json").read_text()) == other
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not an LM demo build"):
+        prepare_folder(tmp_path / "mine", ours)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def smoke_config(root: Path) -> dict:

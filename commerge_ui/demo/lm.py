@@ -73,9 +73,7 @@ def build_lm_demo(root: Path = LM_MODELS, recipe: dict = RECIPE, blocks: int | N
     transformers_logging.disable_progress_bar()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     stamp = _stamp(recipe, blocks)
-    if (root / "stamp.json").is_file() and json.loads((root / "stamp.json").read_text()) != stamp:
-        shutil.rmtree(root)  # built with another recipe: nothing of it is reused
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_folder(root, stamp)
     base = _base_folder(root, blocks, log)
     tokenizer = AutoTokenizer.from_pretrained(base)
     began = time.perf_counter()
@@ -96,6 +94,20 @@ def build_lm_demo(root: Path = LM_MODELS, recipe: dict = RECIPE, blocks: int | N
         partial.rename(target)
     (root / "stamp.json").write_text(json.dumps(stamp))
     log(f"LM demo: {len(DOMAINS)} experts ready in {time.perf_counter() - began:.0f}s ({root})")
+
+
+def prepare_folder(root: Path, stamp: dict) -> None:
+    """Keep what an earlier build with the same recipe left (it resumes), clear one with another recipe, refuse
+    a folder that is not a build; then record the recipe before any expert is written."""
+    if root.is_dir() and any(root.iterdir()):
+        recorded = next((json.loads(f.read_text()) for f in (root / "recipe.json", root / "stamp.json") if f.is_file()),
+                        None)
+        if recorded is None:
+            raise InputError(f"{root}: not empty and not an LM demo build; choose another folder")
+        if recorded != stamp:
+            shutil.rmtree(root)  # built, or begun, with another recipe: nothing of it is reused
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "recipe.json").write_text(json.dumps(stamp))
 
 
 def _base_folder(root: Path, blocks: int | None, log: Callable[[str], None]) -> Path:
