@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from .api import run_merge  # heavy imports after argument parsing
 
         config = load_config(args.config)
-        for demo in unbuilt_demos([config.base, *(e.model for e in config.experts)]):
+        for demo in unbuilt_demos(config):
             printer.log(f"first use of the demo's models on this machine: building them ({demo.build_note})")
             demo.ensure(printer.log)
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]

@@ -177,6 +177,7 @@ def test_demo_models_say_they_are_built_on_first_use(monkeypatch, key):
     from dataclasses import replace
 
     from commerge_ui import demo
+    from commerge_ui.config import MergeConfig
     from commerge_ui.ui.form import evaluation_needs_labels
 
     d = demo.DEMOS[key]
@@ -184,7 +185,8 @@ def test_demo_models_say_they_are_built_on_first_use(monkeypatch, key):
     message = model_message(str(d.models / "base"))
     assert message.startswith("⏳ the demo's models are built on first use") and d.build_note in message
     assert evaluation_needs_labels(str(d.models / "base")) == (key == "text")  # the LM is scored by perplexity
-    assert [u.key for u in demo.unbuilt_demos([str(d.models / "a"), str(d.models / "b"), "org/model", None])] == [key]
+    config = MergeConfig(base="org/model", experts=[{"name": n, "model": str(d.models / n)} for n in ("a", "b")])
+    assert [u.key for u in demo.unbuilt_demos(config)] == [key]
 
 
 def test_a_demo_build_streams_its_log_and_reports_its_failure():

@@ -46,7 +46,7 @@ def _gpu(fn):
 def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None) -> gr.Blocks:
     sessions = sessions or Sessions()
     defaults = handlers.defaults_from(config_path)
-    rows = defaults.experts + [ExpertForm("", "", None, None)] * (MAX_EXPERTS - len(defaults.experts))
+    rows = _padded(defaults.experts)
     options = defaults.options
 
     with gr.Blocks(title="Chain of Merges", delete_cache=(3600, 3600)) as app:
@@ -159,11 +159,14 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
 
         count.change(on_count, count, model_cards + sample_cards, api_visibility="private")
 
+        demo_outputs = [base, count, *names, *models, *calibrations, *evaluations, *class_names, alpha, task_lambda,
+                        samples, max_length, evaluation_samples]
+
         def on_demo(key: str | None):
             if key not in DEMOS:
-                return [gr.update()] * (2 + 5 * MAX_EXPERTS + 5)
+                return [gr.update()] * len(demo_outputs)
             d = handlers.defaults_from(DEMOS[key].config)
-            filled = d.experts + [ExpertForm("", "", None, None)] * (MAX_EXPERTS - len(d.experts))
+            filled = _padded(d.experts)
             o = d.options
             return [gr.update(choices=[d.base], value=d.base), len(d.experts),
                     *(r.name for r in filled), *(gr.update(choices=[r.model] if r.model else [], value=r.model or None)
@@ -171,9 +174,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
                     *(r.calibration for r in filled), *(r.evaluation for r in filled), *(r.labels for r in filled),
                     o["alpha"], o["lambda"], o["calibration_samples"], o["max_length"], o["evaluation_samples"] or 0]
 
-        demo_choice.input(on_demo, demo_choice, [base, count, *names, *models, *calibrations, *evaluations,
-                                                 *class_names, alpha, task_lambda, samples, max_length,
-                                                 evaluation_samples], api_visibility="private")
+        demo_choice.input(on_demo, demo_choice, demo_outputs, api_visibility="private")
         base.change(lambda ref: model_message(ref), base, base_status, api_visibility="private")
         for model, note in zip(models, model_notes):
             model.change(model_message, [model, base], note, api_visibility="private")
@@ -281,6 +282,11 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
 
         app.unload(on_close)
     return app
+
+
+def _padded(experts: list[ExpertForm]) -> list[ExpertForm]:
+    """The form's rows: the given experts, then empty ones up to MAX_EXPERTS."""
+    return experts + [ExpertForm("", "", None, None)] * (MAX_EXPERTS - len(experts))
 
 
 def _config_from_form(values: tuple):

@@ -62,7 +62,7 @@ def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
 def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str) -> Iterator[RunProgress]:
     """The run as the page sees it: builds the demo's models first if the config uses them and they are not
     built yet (its log lines shown as they come), then merges."""
-    for demo in unbuilt_demos([config.base, *(e.model for e in config.experts)]):
+    for demo in unbuilt_demos(config):
         waiting = RunProgress(list(config.methods), stage=f"building the demo's models (first use; {demo.build_note})…")
         yield from _while_building(demo.ensure, waiting)
         if waiting.error:
