@@ -87,8 +87,7 @@ def main() -> None:
             for n in counts for s in seeds} if "grid" in parts else {}
     if grid:
         free = run(config, args.out, f"free-{middle}", DATA_FREE, middle, seeds[0])
-        for s in seeds:  # the data-free weights are the same for every seed and sample count
-            grid[(middle, s)]["methods"].update(free["methods"] if s == seeds[0] else {})
+        grid[(middle, seeds[0])]["methods"].update(free["methods"])  # their weights do not depend on the seed
         first = grid[(counts[0], seeds[0])]
         experts = [first["experts"][t]["score"] for t in tasks]
         base = [first["base"]["scores"][t] for t in tasks]
