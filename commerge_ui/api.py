@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from .compat import check_expert, find_source, is_unchanged
-from .config import MergeConfig
+from .config import MergeConfig, MergeOptions
 from .engine import EngineTask, ProgressEvent, merge
 from .errors import InputError, MergeError
 from .export import model_card
 from .families import Family, detect_family
-from .methods import METHODS
+from .families.base import EncodedSamples
+from .methods import METHODS, Method
 from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
 from .samples import Sample, label_names, read_samples
@@ -59,11 +60,66 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
             torch.cuda.empty_cache()  # what a failed or finished run cached is given back to the next one
 
 
+@dataclass
+class Loaded:
+    """The base model, loaded once per run: its family, processor, backbone (merged into in place) and files."""
+
+    folder: Path
+    family: Family
+    processor: object
+    backbone: torch.nn.Module
+    source: ModelSource
+    names: list[str]  # the backbone's parameter names, in order
+    expected: dict[str, tuple[int, ...]]  # name -> shape, what every expert must match
+
+
 def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None, device: str, dtype: str,
                token: str | None, progress: Callable[[ProgressEvent], None] | None,
                cancel: Callable[[], bool] | None, log: Callable[[str], None] | None) -> Report:
     say = log or (lambda message: None)
     options = config.options
+    save = _check_request(config, save)
+    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
+    torch.manual_seed(options.seed)
+
+    say(f"resolving base {config.base}")
+    loaded = _load_base(config, torch_device, torch_dtype, token)
+    experts, warnings = _load_experts(config, loaded, token, say)
+    scorer = _Scorer(loaded, options, torch_device, torch_dtype)
+
+    say("scoring the experts and the base")
+    expert_scores = {e.name: scorer.reference(e, "expert") for e in experts}
+    base_scores = {e.name: scorer.reference(e, "base") for e in experts}
+    warnings.extend(loaded.family.notes)
+
+    calibration, tasks = _encode_calibration(loaded.family, loaded.processor, experts, options.max_length)
+    calibration = calibration.to(torch_device)
+    layers: list[str] = []
+    reports: dict[str, MethodReport] = {}
+    for name in config.methods:
+        say(f"merging with {METHODS[name].title}")
+        reports[name], layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
+                                                 calibration, config, torch_device, progress, cancel)
+        if out_dir is not None and name in save:
+            say(f"saving {METHODS[name].title} to {out_dir / name}")
+            _save_model(loaded.family, loaded.backbone, loaded.processor, config, experts, name, reports[name],
+                        out_dir / name)
+
+    report = Report(
+        family=loaded.family.name, metric=loaded.family.metric, higher_is_better=loaded.family.higher_is_better,
+        base={"model": config.base, "scores": base_scores},
+        experts={e.name: {"model": spec.model, "score": expert_scores[e.name]}
+                 for e, spec in zip(experts, config.experts)},
+        layers=layers, methods=reports, options=options.model_dump(by_alias=True),
+        device=str(torch_device), dtype=dtype, warnings=warnings,
+    )
+    if out_dir is not None:
+        report.write(out_dir / "report.json")
+    return report
+
+
+def _check_request(config: MergeConfig, save: list[str] | None) -> list[str]:
+    """What can be refused before anything is loaded: methods to save that do not run, missing calibration."""
     save = list(save or [])
     unknown = [m for m in save if m not in config.methods]
     if unknown:
@@ -72,30 +128,35 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     if missing:
         raise InputError(f"expert '{missing[0]}': 'calibration' samples are required (they measure the shift "
                          "and drive RegMean/CoM)")
-    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
-    torch.manual_seed(options.seed)
+    return save
 
-    say(f"resolving base {config.base}")
-    base_folder = resolve_model(config.base, token=token)
-    family = detect_family(base_folder, config.family, options.prompt_templates)
-    processor = family.load_processor(base_folder)
-    backbone = family.load_backbone(base_folder, torch_dtype, torch_device)
-    block_path, _ = family.blocks(backbone)
+
+def _load_base(config: MergeConfig, device: torch.device, dtype: torch.dtype, token: str | None) -> Loaded:
+    folder = resolve_model(config.base, token=token)
+    family = detect_family(folder, config.family, config.options.prompt_templates)
+    processor = family.load_processor(folder)
+    backbone = family.load_backbone(folder, dtype, device)
     expected = {n: tuple(p.shape) for n, p in backbone.named_parameters()}
     names = list(expected)
-    wrapper = f"{backbone.base_model_prefix}."
-    base = find_source(SafetensorsWeights(base_folder), names, wrapper, f"base {config.base}")
+    source = find_source(SafetensorsWeights(folder), names, f"{backbone.base_model_prefix}.", f"base {config.base}")
+    return Loaded(folder, family, processor, backbone, source, names, expected)
 
+
+def _load_experts(config: MergeConfig, loaded: Loaded, token: str | None,
+                  say: Callable[[str], None]) -> tuple[list[Expert], list[str]]:
+    """Each expert resolved, checked against the base (names, shapes, family) and its samples read."""
+    options, family = config.options, loaded.family
+    block_path, _ = family.blocks(loaded.backbone)
+    probe = [n for n in loaded.names if n.startswith(f"{block_path}.0.")]
     experts, warnings = [], []
     for spec in config.experts:
         who = f"expert '{spec.name}' ({spec.model})"
         say(f"resolving {who}")
         folder = resolve_model(spec.model, spec.revision, token)
-        source = find_source(SafetensorsWeights(folder), names, wrapper, who)
-        source.fallback = base
-        check_expert(who, folder, source, expected, base_folder, family)
-        probe = [n for n in names if n.startswith(f"{block_path}.0.")]
-        if is_unchanged(source, base, probe):
+        source = find_source(SafetensorsWeights(folder), loaded.names, f"{loaded.backbone.base_model_prefix}.", who)
+        source.fallback = loaded.source
+        check_expert(who, folder, source, loaded.expected, loaded.folder, family)
+        if is_unchanged(source, loaded.source, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
         calibration = read_samples(spec.calibration, options.calibration_samples, options.seed)
         if len(calibration) < options.calibration_samples:
@@ -106,67 +167,58 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
                       if spec.evaluation else None)
         experts.append(Expert(spec.name, folder, source, calibration, evaluation, spec.weight,
                               spec.labels or label_names(evaluation)))
+    return experts, warnings
 
-    def score(task: Expert, with_backbone: bool) -> float | None:
+
+class _Scorer:
+    """Scores a task's evaluation samples: under the merged backbone, or the expert's / the base's own."""
+
+    def __init__(self, loaded: Loaded, options: MergeOptions, device: torch.device, dtype: torch.dtype) -> None:
+        self.loaded, self.options, self.device, self.dtype = loaded, options, device, dtype
+
+    def score(self, task: Expert, with_backbone: bool) -> float | None:
         if task.evaluation is None:
             return None
-        return family.score(backbone if with_backbone else None, task.source, processor, task.evaluation,
-                            options.batch_size, task.labels)
+        family = self.loaded.family
+        return family.score(self.loaded.backbone if with_backbone else None, task.source, self.loaded.processor,
+                            task.evaluation, self.options.batch_size, task.labels)
 
-    def reference_score(task: Expert, role: str) -> float | None:
+    def reference(self, task: Expert, role: str) -> float | None:
         """The expert's own score, or the base's under the expert's head: cached per process (score_cache)."""
         if task.evaluation is None:
             return None
-        key = (family.name, role, folder_fingerprint(task.folder), folder_fingerprint(base_folder),
+        family, options = self.loaded.family, self.options
+        key = (family.name, role, folder_fingerprint(task.folder), folder_fingerprint(self.loaded.folder),
                samples_digest(task.evaluation), tuple(task.labels or ()), tuple(options.prompt_templates),
-               options.batch_size, str(torch_dtype), torch_device.type)
+               options.batch_size, str(self.dtype), self.device.type)
 
         def compute() -> tuple[float | None, tuple[str, ...]]:
             seen = len(family.notes)
-            value = score(task, with_backbone=role == "base")
+            value = self.score(task, with_backbone=role == "base")
             return value, tuple(family.notes[seen:])
 
         value, notes = cached_score(key, compute)  # the notes come back with the score: same report either way
         family.notes.extend(n for n in notes if n not in family.notes)
         return value
 
-    say("scoring the experts and the base")
-    expert_scores = {e.name: reference_score(e, "expert") for e in experts}
-    base_scores = {e.name: reference_score(e, "base") for e in experts}
-    warnings.extend(family.notes)
 
-    calibration, tasks = _encode_calibration(family, processor, experts, options.max_length)
-    calibration = calibration.to(torch_device)
-    layers: list[str] = []
-    reports: dict[str, MethodReport] = {}
-    for name in config.methods:
-        method = METHODS[name]
-        say(f"merging with {method.title}")
-        memory = PeakMemory(torch_device)
-        began = time.perf_counter()
-        trace = merge(method, family, backbone, base, tasks, calibration, options, progress, cancel, memory)
-        seconds = time.perf_counter() - began
-        layers = trace.layers
-        scores = {e.name: score(e, with_backbone=True) for e in experts}
-        norm = {t: normalized(s, expert_scores[t], family.higher_is_better) for t, s in scores.items()}
-        reports[name] = MethodReport(scores, norm, mean(list(scores.values())), mean(list(norm.values())),
-                                     trace.shift, trace.block_shift, round(seconds, 3), memory.result(),
-                                     trace.warnings)
-        if out_dir is not None and name in save:
-            say(f"saving {method.title} to {out_dir / name}")
-            _save_model(family, backbone, processor, config, experts, name, reports[name], out_dir / name)
-
-    report = Report(
-        family=family.name, metric=family.metric, higher_is_better=family.higher_is_better,
-        base={"model": config.base, "scores": base_scores},
-        experts={e.name: {"model": spec.model, "score": expert_scores[e.name]}
-                 for e, spec in zip(experts, config.experts)},
-        layers=layers, methods=reports, options=options.model_dump(by_alias=True),
-        device=str(torch_device), dtype=dtype, warnings=warnings,
-    )
-    if out_dir is not None:
-        report.write(out_dir / "report.json")
-    return report
+def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: list[Expert],
+                     expert_scores: dict[str, float | None], tasks: list[EngineTask], calibration: EncodedSamples,
+                     config: MergeConfig, device: torch.device, progress: Callable[[ProgressEvent], None] | None,
+                     cancel: Callable[[], bool] | None) -> tuple[MethodReport, list[str]]:
+    """One method: merge into the backbone (in place), time it, score every task; returns its report and
+    the layer groups' labels."""
+    family = loaded.family
+    memory = PeakMemory(device)
+    began = time.perf_counter()
+    trace = merge(method, family, loaded.backbone, loaded.source, tasks, calibration, config.options, progress,
+                  cancel, memory)
+    seconds = time.perf_counter() - began
+    scores = {e.name: scorer.score(e, with_backbone=True) for e in experts}
+    norm = {t: normalized(s, expert_scores[t], family.higher_is_better) for t, s in scores.items()}
+    report = MethodReport(scores, norm, mean(list(scores.values())), mean(list(norm.values())), trace.shift,
+                          trace.block_shift, round(seconds, 3), memory.result(), trace.warnings)
+    return report, trace.layers
 
 
 def _encode_calibration(family: Family, processor, experts: list[Expert], max_length: int):
