@@ -117,6 +117,28 @@ class _BlockMerger:
     def with_bias(self, modules: list[nn.Module]) -> bool:
         return self.options.bias == "regress" and has_bias(modules)
 
+    def merge_block(self, block: nn.Module, path: str, groups: list[LayerGroup], labels: list[str],
+                    expert_streams: list[Stream], merged_stream: Stream,
+                    merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None]) -> None:
+        """Advance every stream through one block, merging it on the way: each expert's block (read from its
+        files) runs on its stream; the block is first merged by the method's rule (LayerNorms stay so), then
+        the merged pass solves the layer groups in order (merged_pass) and the block output's shift is kept."""
+        dtype = next(block.parameters()).dtype
+        expert_blocks, xs, expert_outs = [], [], []
+        for task, stream, mask in zip(self.tasks, expert_streams, self.masks):
+            expert_block = _load_block(block, task.source, path, dtype)
+            out, x = self.expert_pass(expert_block, stream, mask, groups)
+            stream.hidden = out
+            expert_blocks.append(expert_block)
+            xs.append(x)
+            expert_outs.append(out[mask].to(self.stat_dtype))
+        for name, param in block.named_parameters():
+            merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
+        merged_stream.hidden = self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
+        for task, mask, expert_out in zip(self.tasks, self.masks, expert_outs):
+            merged_out = merged_stream.hidden[task.rows][mask].to(self.stat_dtype)
+            self.trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
+
     def expert_pass(self, expert_block: nn.Module, stream: Stream, mask: torch.Tensor,
                     groups: list[LayerGroup]) -> tuple[torch.Tensor, dict[LayerGroup, torch.Tensor]]:
         """Run one expert's block on its stream; returns its output and each group's inputs X_i."""
@@ -207,7 +229,6 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
           cancel: Callable[[], bool] | None = None, memory: PeakMemory | None = None) -> MergeTrace:
     """Merge the experts into `backbone` (loaded with the base's weights) in place, with `method`."""
     block_path, blocks = family.blocks(backbone)
-    dtype = next(backbone.parameters()).dtype
     trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
     masks = [calibration.token_mask[t.rows] for t in tasks]
     memory = memory or PeakMemory(next(backbone.parameters()).device)
@@ -239,23 +260,8 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
             counter["total"] = counter["total"] or len(groups) * len(blocks)
             trace.layers.extend(labels)
             merger = _BlockMerger(method, options, tasks, masks, trace, on_group)
-            expert_blocks, xs, expert_outs = [], [], []
-            for task, stream, mask in zip(tasks, expert_streams, masks):
-                expert_block = _load_block(block, task.source, path, dtype)
-                out, x = merger.expert_pass(expert_block, stream, mask, groups)
-                stream.hidden = out
-                expert_blocks.append(expert_block)
-                xs.append(x)
-                expert_outs.append(out[mask].to(merger.stat_dtype))
-            # Everything is first merged by the method's rule (LayerNorms stay so; solved groups are overwritten).
-            for name, param in block.named_parameters():
-                merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
-            merged_stream.hidden = merger.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
-            for task, mask, expert_out in zip(tasks, masks, expert_outs):
-                merged_out = merged_stream.hidden[task.rows][mask].to(merger.stat_dtype)
-                trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
+            merger.merge_block(block, path, groups, labels, expert_streams, merged_stream, merge_tensor)
             memory.sample()
-            del expert_blocks, xs, expert_outs
     return trace
 
 
