@@ -3,6 +3,7 @@ handler calls a plain function from handlers.py, form.py or session.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -44,244 +45,339 @@ def _gpu(fn):
 
 
 def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None) -> gr.Blocks:
+    """The page, section by section (each `_…_section` lays one out), then its events (each `_wire_…`)."""
     sessions = sessions or Sessions()
     defaults = handlers.defaults_from(config_path)
-    rows = _padded(defaults.experts)
-    options = defaults.options
-
     with gr.Blocks(title="Chain of Merges", delete_cache=(3600, 3600)) as app:
         gr.Markdown(INTRO)
+        models = _models_section(defaults, config_path)
+        samples = _samples_section(defaults)
+        run = _run_section(defaults.options)
+        results = _results_section()
+        export = _export_section()
 
-        gr.Markdown("## 1 · Models")
-        demo_choice = gr.Radio([(d.title, d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
-                               value=next((d.key for d in DEMOS.values() if d.config == Path(config_path).resolve()),
-                                          None), elem_id="demo-choice")
-        with gr.Row():
-            base = gr.Dropdown(label="Base model (Hub id or local folder)", choices=[defaults.base],
-                               value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
-            base_status = gr.Markdown(model_message(defaults.base), elem_id="base-status")
-        hub_note = gr.Markdown("", elem_id="hub-note")
-        count = gr.Slider(1, MAX_EXPERTS, value=len(defaults.experts), step=1, label="Number of experts")
-        model_cards, names, models, model_notes = [], [], [], []
-        for k, row in enumerate(rows):
-            with gr.Row(visible=k < len(defaults.experts)) as card:
-                names.append(gr.Textbox(row.name, label=f"Expert {k + 1}: task name", scale=1))
-                models.append(gr.Dropdown(label="model (Hub id or local folder)", choices=[row.model] if row.model else [],
-                                          value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
-                                          elem_id=f"expert-{k}-model"))
-                model_notes.append(gr.Markdown(model_message(row.model, defaults.base) if row.model else "",
-                                               elem_id=f"expert-{k}-status"))
-            model_cards.append(card)
-
-        gr.Markdown("## 2 · Samples\nPer expert: calibration samples (text: `.txt` one per line, `.jsonl`/`.csv` with "
-                    "a `text` column; images: a `.zip` with one folder per class; labels not needed) and optional "
-                    "evaluation samples (a `label` column or class folders; causal LMs need no labels: they are "
-                    "scored by perplexity). CLIP builds each task's head from its class names: the labels, or "
-                    "the list you give.")
-        sample_cards, calibrations, evaluations, sample_notes, previews = [], [], [], [], []
-        class_names, galleries = [], []
-        for k, row in enumerate(rows):
-            with gr.Group(visible=k < len(defaults.experts)) as card:
-                with gr.Row():
-                    calibrations.append(gr.File(row.calibration, label=f"Expert {k + 1}: calibration samples",
-                                                file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-calibration"))
-                    evaluations.append(gr.File(row.evaluation, label=f"Expert {k + 1}: evaluation samples (optional)",
-                                               file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-evaluation"))
-                class_names.append(gr.Textbox(row.labels, label="class names, comma-separated (CLIP; optional)",
-                                              placeholder="e.g. airplane, car, ship", elem_id=f"expert-{k}-classes"))
-                cal_rows, cal_note = sample_preview(row.calibration, need_labels=False)
-                eval_rows, eval_note = sample_preview(row.evaluation, evaluation_needs_labels(defaults.base))
-                note = gr.Markdown(_sample_note(cal_note, eval_note), elem_id=f"samples-{k}-status")
-                with gr.Accordion("first samples", open=False):
-                    preview = gr.Dataframe(_preview_frame(cal_rows, eval_rows), show_label=False, max_height=220)
-                    galleries.append(gr.Gallery(sample_thumbnails(row.calibration), label="some of the images",
-                                                columns=5, height=140, elem_id=f"expert-{k}-thumbnails"))
-                sample_notes.append(note)
-                previews.append(preview)
-            sample_cards.append(card)
-
-        gr.Markdown("## 3 · Run")
-        methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
-                                   label="Methods to compare")
-        with gr.Row():
-            alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (CoM, RegMean, RegMean++ shrink)")
-            task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES, DARE)")
-            samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
-                                label="calibration samples per expert")
-            max_length = gr.Slider(8, 512, value=options["max_length"], step=8, label="max length (tokens)")
-            evaluation_samples = gr.Slider(0, 2000, value=options["evaluation_samples"] or 0, step=10,
-                                           label="evaluation samples per task (0: all)")
-        with gr.Row():
-            device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="device", info=handlers.device_note())
-            dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="dtype")
-        with gr.Row():
-            run = gr.Button("Run", variant="primary", elem_id="run")
-            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
-        progress = gr.HTML("", elem_id="progress")
-
-        gr.Markdown("## 4 · Results")
-        report_state = gr.State(None)
-        run_status = gr.Markdown("", elem_id="run-status")
-        with gr.Row():
-            shown = gr.CheckboxGroup(["mean"], value=["mean"], label="Shift curves: mean over tasks and/or each task")
-        shift_plot = gr.Plot(label="Covariate shift per layer", elem_id="shift-plot")
-        heat_method = gr.Radio([], label="Heatmap of method", value=None)
-        heatmap = gr.Plot(label="Shift per task and layer", elem_id="heatmap")
-        normalized = gr.Radio([("raw scores", False), ("normalized to each expert", True)], value=False, label="Scores")
-        with gr.Row():
-            scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False)
-            bars = gr.Plot(label="Scores per task", elem_id="bars")
-        costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False)
-        warnings = gr.Markdown("")
-        with gr.Accordion("report.json", open=False):
-            report_json = gr.JSON(label="report")
-
-        gr.Markdown("## 5 · Export")
-        with gr.Row():
-            export_method = gr.Dropdown([], label="merged model of method", value=None)
-            zip_button = gr.Button("Zip the merged model")
-            model_file = gr.File(label="merged model (.zip)", interactive=False)
-        with gr.Row():
-            report_file = gr.File(label="report.json", interactive=False)
-            config_file = gr.File(label="config.yaml (its samples: in the zip beside it)", interactive=False)
-            bundle_file = gr.File(label="config.yaml + samples (.zip)", interactive=False)
-        with gr.Row():
-            repo_id = gr.Textbox(label="Hub repo id", placeholder="your-name/merged-model")
-            token = gr.Textbox(label="Hub token (write access; used once, never stored)", type="password")
-            private = gr.Checkbox(True, label="private")
-            push_button = gr.Button("Push to the Hub")
-        push_note = gr.Markdown("")
-
-        # --- models ---------------------------------------------------------------------------------------
-        def on_count(n: float):
-            visible = [gr.update(visible=k < int(n)) for k in range(MAX_EXPERTS)]
-            return visible + visible
-
-        count.change(on_count, count, model_cards + sample_cards, api_visibility="private")
-
-        demo_outputs = [base, count, *names, *models, *calibrations, *evaluations, *class_names, alpha, task_lambda,
-                        samples, max_length, evaluation_samples]
-
-        def on_demo(key: str | None):
-            if key not in DEMOS:
-                return [gr.update()] * len(demo_outputs)
-            d = handlers.defaults_from(DEMOS[key].config)
-            filled = _padded(d.experts)
-            o = d.options
-            return [gr.update(choices=[d.base], value=d.base), len(d.experts),
-                    *(r.name for r in filled), *(gr.update(choices=[r.model] if r.model else [], value=r.model or None)
-                                                 for r in filled),
-                    *(r.calibration for r in filled), *(r.evaluation for r in filled), *(r.labels for r in filled),
-                    o["alpha"], o["lambda"], o["calibration_samples"], o["max_length"], o["evaluation_samples"] or 0]
-
-        demo_choice.input(on_demo, demo_choice, demo_outputs, api_visibility="private")
-        base.change(lambda ref: model_message(ref), base, base_status, api_visibility="private")
-        for model, note in zip(models, model_notes):
-            model.change(model_message, [model, base], note, api_visibility="private")
-            base.change(model_message, [model, base], note, api_visibility="private")
-        for box in [base, *models]:
-            box.key_up(_suggest, [box, base], [box, hub_note], trigger_mode="always_last", api_visibility="private")
-
-        # --- samples --------------------------------------------------------------------------------------
-        for calibration, evaluation, note, preview, gallery in zip(calibrations, evaluations, sample_notes, previews,
-                                                                    galleries):
-            for box in (calibration, evaluation, base):
-                box.change(_on_samples, [calibration, evaluation, base], [note, preview, gallery],
-                           api_visibility="private")
-
-        # --- run ------------------------------------------------------------------------------------------
-        form_inputs = [base, count, *names, *models, *calibrations, *evaluations, *class_names, methods, alpha,
-                       task_lambda, samples, max_length, evaluation_samples, device, dtype]
-        result_outputs = [shift_plot, heatmap, scores, bars, costs, warnings]
-        run_outputs = [progress, run_status, report_state, report_json, shown, heat_method, *result_outputs,
-                       export_method, report_file, config_file]
-
-        @_gpu
-        def on_run(request: gr.Request, *values):
-            session = sessions.get(request.session_hash)
-            try:
-                config = _config_from_form(values)
-            except InputError as err:
-                yield {run_status: f"❌ {err}", progress: ""}
-                return
-            for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
-                if update.report is None:
-                    yield {progress: update.html(), run_status: f"⏳ {update.error or update.stage}"
-                           if not update.error else update.error}
-                    continue
-                report = handlers.report_dict(update)
-                tasks = list(report["experts"])
-                views = handlers.result_views(report, ["mean"], "com", False)
-                yield {
-                    progress: update.html(), run_status: "✅ done", report_state: report, report_json: report,
-                    shown: gr.update(choices=["mean", *tasks], value=["mean"]),
-                    heat_method: gr.update(choices=[(handlers.plots.title_of(m), m) for m in report["methods"]],
-                                           value=next(iter(report["methods"]))),
-                    **_views_update(views, result_outputs),
-                    export_method: gr.update(choices=[(handlers.plots.title_of(m), m) for m in report["methods"]],
-                                             value=next(iter(report["methods"]))),
-                    report_file: str(session.run_folder / "report.json"),
-                    config_file: str(session.run_folder / "config.yaml"),
-                }
-
-        run.click(on_run, form_inputs, run_outputs, concurrency_limit=1, concurrency_id="merge", api_name="run",
-                  show_progress="minimal")
-
-        def on_cancel(request: gr.Request) -> str:
-            session = sessions.get(request.session_hash)
-            if not session.running:
-                return "Nothing is running."
-            session.cancel.set()
-            return "⏹ cancelling after the current layer group…"
-
-        cancel.click(on_cancel, None, run_status, queue=False, api_name="cancel")
-
-        def on_toggle(report, shown_now, method, norm):
-            if not report:
-                return [gr.update()] * len(result_outputs)
-            return list(_views_update(handlers.result_views(report, shown_now, method, norm), result_outputs).values())
-
-        for control in (shown, heat_method, normalized):
-            control.change(on_toggle, [report_state, shown, heat_method, normalized], result_outputs,
-                           api_visibility="private")
-
-        # --- export ---------------------------------------------------------------------------------------
-        def on_zip(method, request: gr.Request):
-            try:
-                return handlers.zip_model(sessions.get(request.session_hash), method), ""
-            except InputError as err:
-                return None, f"❌ {err}"
-
-        zip_button.click(on_zip, export_method, [model_file, push_note], api_name="zip_model")
-
-        def on_bundle(report, request: gr.Request):
-            if not report:
-                return None
-            return handlers.zip_config_bundle(sessions.get(request.session_hash))
-
-        report_state.change(on_bundle, report_state, bundle_file, api_visibility="private")
-
-        def on_push(method, repo, secret, is_private, request: gr.Request):
-            try:
-                message = handlers.push(sessions.get(request.session_hash), method, repo, secret, is_private)
-            except InputError as err:
-                message = f"❌ {err}"
-            return message, ""  # the token box is cleared either way
-
-        push_button.click(on_push, [export_method, repo_id, token, private], [push_note, token],
-                          api_visibility="private")
-
-        def on_load(base_ref: str, *model_refs: str) -> list[str]:
-            # The demo may have finished building since the page was made: check the models again.
-            return [model_message(base_ref)] + [model_message(m, base_ref) if m else "" for m in model_refs]
-
-        app.load(on_load, [base, *models], [base_status, *model_notes], api_visibility="private")
+        _wire_models(models, samples, run)
+        _wire_samples(models, samples)
+        _wire_run(sessions, models, samples, run, results, export)
+        _wire_export(sessions, results, export)
+        app.load(_model_notes, [models.base, *models.models], [models.base_status, *models.notes],
+                 api_visibility="private")
 
         def on_close(request: gr.Request) -> None:
             sessions.close(request.session_hash)
 
         app.unload(on_close)
     return app
+
+
+@dataclass
+class _Models:
+    demo: gr.Radio
+    base: gr.Dropdown
+    base_status: gr.Markdown
+    hub_note: gr.Markdown
+    count: gr.Slider
+    cards: list[gr.Row]
+    names: list[gr.Textbox]
+    models: list[gr.Dropdown]
+    notes: list[gr.Markdown]
+
+
+def _models_section(defaults: handlers.FormDefaults, config_path: Path) -> _Models:
+    gr.Markdown("## 1 · Models")
+    current = next((d.key for d in DEMOS.values() if d.config == Path(config_path).resolve()), None)
+    demo = gr.Radio([(d.title, d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
+                    value=current, elem_id="demo-choice")
+    with gr.Row():
+        base = gr.Dropdown(label="Base model (Hub id or local folder)", choices=[defaults.base],
+                           value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
+        base_status = gr.Markdown(model_message(defaults.base), elem_id="base-status")
+    hub_note = gr.Markdown("", elem_id="hub-note")
+    count = gr.Slider(1, MAX_EXPERTS, value=len(defaults.experts), step=1, label="Number of experts")
+    cards, names, models, notes = [], [], [], []
+    for k, row in enumerate(_padded(defaults.experts)):
+        with gr.Row(visible=k < len(defaults.experts)) as card:
+            names.append(gr.Textbox(row.name, label=f"Expert {k + 1}: task name", scale=1))
+            models.append(gr.Dropdown(label="model (Hub id or local folder)", choices=[row.model] if row.model else [],
+                                      value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
+                                      elem_id=f"expert-{k}-model"))
+            notes.append(gr.Markdown(model_message(row.model, defaults.base) if row.model else "",
+                                     elem_id=f"expert-{k}-status"))
+        cards.append(card)
+    return _Models(demo, base, base_status, hub_note, count, cards, names, models, notes)
+
+
+@dataclass
+class _Samples:
+    cards: list[gr.Group]
+    calibrations: list[gr.File]
+    evaluations: list[gr.File]
+    class_names: list[gr.Textbox]
+    notes: list[gr.Markdown]
+    previews: list[gr.Dataframe]
+    galleries: list[gr.Gallery]
+
+
+def _samples_section(defaults: handlers.FormDefaults) -> _Samples:
+    gr.Markdown("## 2 · Samples\nPer expert: calibration samples (text: `.txt` one per line, `.jsonl`/`.csv` with "
+                "a `text` column; images: a `.zip` with one folder per class; labels not needed) and optional "
+                "evaluation samples (a `label` column or class folders; causal LMs need no labels: they are "
+                "scored by perplexity). CLIP builds each task's head from its class names: the labels, or "
+                "the list you give.")
+    ui = _Samples([], [], [], [], [], [], [])
+    for k, row in enumerate(_padded(defaults.experts)):
+        with gr.Group(visible=k < len(defaults.experts)) as card:
+            with gr.Row():
+                ui.calibrations.append(gr.File(row.calibration, label=f"Expert {k + 1}: calibration samples",
+                                               file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-calibration"))
+                ui.evaluations.append(gr.File(row.evaluation, label=f"Expert {k + 1}: evaluation samples (optional)",
+                                              file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-evaluation"))
+            ui.class_names.append(gr.Textbox(row.labels, label="class names, comma-separated (CLIP; optional)",
+                                             placeholder="e.g. airplane, car, ship", elem_id=f"expert-{k}-classes"))
+            note, frame, thumbnails = _on_samples(row.calibration, row.evaluation, defaults.base)
+            ui.notes.append(gr.Markdown(note, elem_id=f"samples-{k}-status"))
+            with gr.Accordion("first samples", open=False):
+                ui.previews.append(gr.Dataframe(frame, show_label=False, max_height=220))
+                ui.galleries.append(gr.Gallery(thumbnails, label="some of the images", columns=5, height=140,
+                                               elem_id=f"expert-{k}-thumbnails"))
+        ui.cards.append(card)
+    return ui
+
+
+@dataclass
+class _Run:
+    methods: gr.CheckboxGroup
+    alpha: gr.Slider
+    task_lambda: gr.Slider
+    samples: gr.Slider
+    max_length: gr.Slider
+    evaluation_samples: gr.Slider
+    device: gr.Radio
+    dtype: gr.Radio
+    run: gr.Button
+    cancel: gr.Button
+    progress: gr.HTML
+
+    def options(self) -> list:
+        """The option controls a demo fills, in on_demo's order."""
+        return [self.alpha, self.task_lambda, self.samples, self.max_length, self.evaluation_samples]
+
+
+def _run_section(options: dict) -> _Run:
+    gr.Markdown("## 3 · Run")
+    methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
+                               label="Methods to compare")
+    with gr.Row():
+        alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (CoM, RegMean, RegMean++ shrink)")
+        task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES, DARE)")
+        samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
+                            label="calibration samples per expert")
+        max_length = gr.Slider(8, 512, value=options["max_length"], step=8, label="max length (tokens)")
+        evaluation_samples = gr.Slider(0, 2000, value=options["evaluation_samples"] or 0, step=10,
+                                       label="evaluation samples per task (0: all)")
+    with gr.Row():
+        device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="device", info=handlers.device_note())
+        dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="dtype")
+    with gr.Row():
+        run = gr.Button("Run", variant="primary", elem_id="run")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+    progress = gr.HTML("", elem_id="progress")
+    return _Run(methods, alpha, task_lambda, samples, max_length, evaluation_samples, device, dtype, run, cancel,
+                progress)
+
+
+@dataclass
+class _Results:
+    report: gr.State
+    status: gr.Markdown
+    shown: gr.CheckboxGroup
+    heat_method: gr.Radio
+    normalized: gr.Radio
+    json: gr.JSON
+    views: list  # shift plot, heatmap, scores, bars, costs, warnings: what result_views fills
+
+
+def _results_section() -> _Results:
+    gr.Markdown("## 4 · Results")
+    report = gr.State(None)
+    status = gr.Markdown("", elem_id="run-status")
+    with gr.Row():
+        shown = gr.CheckboxGroup(["mean"], value=["mean"], label="Shift curves: mean over tasks and/or each task")
+    shift_plot = gr.Plot(label="Covariate shift per layer", elem_id="shift-plot")
+    heat_method = gr.Radio([], label="Heatmap of method", value=None)
+    heatmap = gr.Plot(label="Shift per task and layer", elem_id="heatmap")
+    normalized = gr.Radio([("raw scores", False), ("normalized to each expert", True)], value=False, label="Scores")
+    with gr.Row():
+        scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False)
+        bars = gr.Plot(label="Scores per task", elem_id="bars")
+    costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False)
+    warnings = gr.Markdown("")
+    with gr.Accordion("report.json", open=False):
+        report_json = gr.JSON(label="report")
+    return _Results(report, status, shown, heat_method, normalized, report_json,
+                    [shift_plot, heatmap, scores, bars, costs, warnings])
+
+
+@dataclass
+class _Export:
+    method: gr.Dropdown
+    zip_button: gr.Button
+    model_file: gr.File
+    report_file: gr.File
+    config_file: gr.File
+    bundle_file: gr.File
+    repo_id: gr.Textbox
+    token: gr.Textbox
+    private: gr.Checkbox
+    push_button: gr.Button
+    push_note: gr.Markdown
+
+
+def _export_section() -> _Export:
+    gr.Markdown("## 5 · Export")
+    with gr.Row():
+        method = gr.Dropdown([], label="merged model of method", value=None)
+        zip_button = gr.Button("Zip the merged model")
+        model_file = gr.File(label="merged model (.zip)", interactive=False)
+    with gr.Row():
+        report_file = gr.File(label="report.json", interactive=False)
+        config_file = gr.File(label="config.yaml (its samples: in the zip beside it)", interactive=False)
+        bundle_file = gr.File(label="config.yaml + samples (.zip)", interactive=False)
+    with gr.Row():
+        repo_id = gr.Textbox(label="Hub repo id", placeholder="your-name/merged-model")
+        token = gr.Textbox(label="Hub token (write access; used once, never stored)", type="password")
+        private = gr.Checkbox(True, label="private")
+        push_button = gr.Button("Push to the Hub")
+    push_note = gr.Markdown("")
+    return _Export(method, zip_button, model_file, report_file, config_file, bundle_file, repo_id, token, private,
+                   push_button, push_note)
+
+
+def _wire_models(models: _Models, samples: _Samples, run: _Run) -> None:
+    def on_count(n: float):
+        visible = [gr.update(visible=k < int(n)) for k in range(MAX_EXPERTS)]
+        return visible + visible
+
+    models.count.change(on_count, models.count, models.cards + samples.cards, api_visibility="private")
+
+    demo_outputs = [models.base, models.count, *models.names, *models.models, *samples.calibrations,
+                    *samples.evaluations, *samples.class_names, *run.options()]
+
+    def on_demo(key: str | None):
+        if key not in DEMOS:
+            return [gr.update()] * len(demo_outputs)
+        d = handlers.defaults_from(DEMOS[key].config)
+        filled = _padded(d.experts)
+        o = d.options
+        return [gr.update(choices=[d.base], value=d.base), len(d.experts),
+                *(r.name for r in filled), *(gr.update(choices=[r.model] if r.model else [], value=r.model or None)
+                                             for r in filled),
+                *(r.calibration for r in filled), *(r.evaluation for r in filled), *(r.labels for r in filled),
+                o["alpha"], o["lambda"], o["calibration_samples"], o["max_length"], o["evaluation_samples"] or 0]
+
+    models.demo.input(on_demo, models.demo, demo_outputs, api_visibility="private")
+    models.base.change(lambda ref: model_message(ref), models.base, models.base_status, api_visibility="private")
+    for model, note in zip(models.models, models.notes):
+        model.change(model_message, [model, models.base], note, api_visibility="private")
+        models.base.change(model_message, [model, models.base], note, api_visibility="private")
+    for box in [models.base, *models.models]:
+        box.key_up(_suggest, [box, models.base], [box, models.hub_note], trigger_mode="always_last",
+                   api_visibility="private")
+
+
+def _wire_samples(models: _Models, samples: _Samples) -> None:
+    for calibration, evaluation, note, preview, gallery in zip(samples.calibrations, samples.evaluations,
+                                                                samples.notes, samples.previews, samples.galleries):
+        for box in (calibration, evaluation, models.base):
+            box.change(_on_samples, [calibration, evaluation, models.base], [note, preview, gallery],
+                       api_visibility="private")
+
+
+def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run, results: _Results,
+              export: _Export) -> None:
+    form_inputs = [models.base, models.count, *models.names, *models.models, *samples.calibrations,
+                   *samples.evaluations, *samples.class_names, run.methods, *run.options(), run.device, run.dtype]
+    run_outputs = [run.progress, results.status, results.report, results.json, results.shown, results.heat_method,
+                   *results.views, export.method, export.report_file, export.config_file]
+
+    @_gpu
+    def on_run(request: gr.Request, *values):
+        session = sessions.get(request.session_hash)
+        try:
+            config = _config_from_form(values)
+        except InputError as err:
+            yield {results.status: f"❌ {err}", run.progress: ""}
+            return
+        for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
+            if update.report is None:
+                yield {run.progress: update.html(),
+                       results.status: update.error if update.error else f"⏳ {update.stage}"}
+                continue
+            report = handlers.report_dict(update)
+            method_choices = [(handlers.plots.title_of(m), m) for m in report["methods"]]
+            first = next(iter(report["methods"]))
+            yield {
+                run.progress: update.html(), results.status: "✅ done", results.report: report, results.json: report,
+                results.shown: gr.update(choices=["mean", *report["experts"]], value=["mean"]),
+                results.heat_method: gr.update(choices=method_choices, value=first),
+                **_views_update(handlers.result_views(report, ["mean"], "com", False), results.views),
+                export.method: gr.update(choices=method_choices, value=first),
+                export.report_file: str(session.run_folder / "report.json"),
+                export.config_file: str(session.run_folder / "config.yaml"),
+            }
+
+    run.run.click(on_run, form_inputs, run_outputs, concurrency_limit=1, concurrency_id="merge", api_name="run",
+                  show_progress="minimal")
+
+    def on_cancel(request: gr.Request) -> str:
+        session = sessions.get(request.session_hash)
+        if not session.running:
+            return "Nothing is running."
+        session.cancel.set()
+        return "⏹ cancelling after the current layer group…"
+
+    run.cancel.click(on_cancel, None, results.status, queue=False, api_name="cancel")
+
+    def on_toggle(report, shown_now, method, norm):
+        if not report:
+            return [gr.update()] * len(results.views)
+        return list(_views_update(handlers.result_views(report, shown_now, method, norm), results.views).values())
+
+    for control in (results.shown, results.heat_method, results.normalized):
+        control.change(on_toggle, [results.report, results.shown, results.heat_method, results.normalized],
+                       results.views, api_visibility="private")
+
+
+def _wire_export(sessions: Sessions, results: _Results, export: _Export) -> None:
+    def on_zip(method, request: gr.Request):
+        try:
+            return handlers.zip_model(sessions.get(request.session_hash), method), ""
+        except InputError as err:
+            return None, f"❌ {err}"
+
+    export.zip_button.click(on_zip, export.method, [export.model_file, export.push_note], api_name="zip_model")
+
+    def on_bundle(report, request: gr.Request):
+        if not report:
+            return None
+        return handlers.zip_config_bundle(sessions.get(request.session_hash))
+
+    results.report.change(on_bundle, results.report, export.bundle_file, api_visibility="private")
+
+    def on_push(method, repo, secret, is_private, request: gr.Request):
+        try:
+            message = handlers.push(sessions.get(request.session_hash), method, repo, secret, is_private)
+        except InputError as err:
+            message = f"❌ {err}"
+        return message, ""  # the token box is cleared either way
+
+    export.push_button.click(on_push, [export.method, export.repo_id, export.token, export.private],
+                             [export.push_note, export.token], api_visibility="private")
+
+
+def _model_notes(base_ref: str, *model_refs: str) -> list[str]:
+    """On page load: the demo may have finished building since the page was made, so check the models again."""
+    return [model_message(base_ref)] + [model_message(m, base_ref) if m else "" for m in model_refs]
 
 
 def _padded(experts: list[ExpertForm]) -> list[ExpertForm]:
