@@ -7,8 +7,8 @@ One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIE
 SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
 are fixed; training them again per seed is left to a GPU). Parts:
 - grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++); the data-free
-  methods once, at the middle sample count and the first seed (their weights do not depend on the calibration
-  samples, only their measured shift does);
+  methods once, at the first sample count and seed (their weights do not depend on the calibration samples,
+  only their measured shift does);
 - options: at 64 samples, each seed, one option changed at a time for CoM and RegMean alike (α 0.5, α 1.0,
   normalize none, CoM's target expert_weights, CoM's ridge regularisation);
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on).
@@ -82,41 +82,49 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = [e.name for e in config.experts]
 
-    middle = 64 if 64 in counts else counts[0]
     grid = {(n, s): run(config, args.out, f"grid-{n}-{s}", REGRESSION, n, s)
             for n in counts for s in seeds} if "grid" in parts else {}
     if grid:
-        free = run(config, args.out, f"free-{middle}", DATA_FREE, middle, seeds[0])
-        grid[(middle, seeds[0])]["methods"].update(free["methods"])  # their weights do not depend on the seed
+        # The data-free merges' weights depend on no calibration sample: merged once, at the first count and
+        # seed (only their measured shift would differ at another count).
+        free = run(config, args.out, f"free-{counts[0]}", DATA_FREE, counts[0], seeds[0])
+        grid[(counts[0], seeds[0])]["methods"].update(free["methods"])
         first = grid[(counts[0], seeds[0])]
         experts = [first["experts"][t]["score"] for t in tasks]
         base = [first["base"]["scores"][t] for t in tasks]
-        print(f"\n## Average accuracy (%) over {len(tasks)} tasks; mean ± std over seeds {args.seeds}\n")
+        print(f"\n## Average accuracy (%) over {len(tasks)} tasks, and last-group shift; mean ± std over seeds "
+              f"{args.seeds}\n")
         print(f"experts {100 * statistics.mean(experts):.1f}, base with each expert's head "
               f"{100 * statistics.mean(base):.1f}\n")
-        print("| method | " + " | ".join(f"{n} samples" for n in counts) + f" | last-group shift ({middle}) |")
-        print("|---|" + "---|" * (len(counts) + 1))
+        print("| method | " + " | ".join(f"accuracy ({n})" for n in counts) + " | "
+              + " | ".join(f"shift ({n})" for n in counts) + " |")
+        print("|---|" + "---|" * (2 * len(counts)))
         for m in REGRESSION + DATA_FREE:
-            cells = []
+            accuracy, shift = [], []
             for n in counts:
-                values = [grid[(n, s)]["methods"][m]["average_score"] for s in seeds if m in grid[(n, s)]["methods"]]
-                cells.append(pm(values, 100) if values else "same")
-            shifts = [last_shift(grid[(middle, s)]["methods"][m]) for s in seeds if m in grid[(middle, s)]["methods"]]
-            print(f"| {m} | " + " | ".join(cells) + f" | {pm(shifts, 1, 3)} |")
-        wins = sum(grid[c]["methods"]["com"]["average_score"] >= grid[c]["methods"]["regmean"]["average_score"]
-                   for c in grid)
-        wins_pp = sum(grid[c]["methods"]["com"]["average_score"] >= grid[c]["methods"]["regmean_plusplus"]
-                      ["average_score"] for c in grid)
-        print(f"\nCoM ≥ RegMean in {wins} and ≥ RegMean++ in {wins_pp} of {len(grid)} (samples, seed) cells.")
-        print(f"\n## Per task at {middle} samples (accuracy %, mean over seeds)\n")
-        print("| | " + " | ".join(tasks) + " | merge s |")
-        print("|---|" + "---|" * (len(tasks) + 1))
-        print("| base + expert head | " + " | ".join(f"{100 * v:.1f}" for v in base) + " |")
-        print("| expert | " + " | ".join(f"{100 * v:.1f}" for v in experts) + " |")
-        for m in REGRESSION + DATA_FREE:
-            runs = [grid[(middle, s)]["methods"][m] for s in seeds if m in grid[(middle, s)]["methods"]]
-            print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(r['scores'][t] for r in runs):.1f}" for t in tasks)
-                  + f" | {statistics.mean(r['seconds'] for r in runs):.0f} |")
+                runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
+                accuracy.append(pm([r["average_score"] for r in runs], 100) if runs else "same")
+                shift.append(pm([last_shift(r) for r in runs], 1, 3) if runs else "")
+            print(f"| {m} | " + " | ".join(accuracy + shift) + " |")
+        for rival in REGRESSION[1:]:
+            per_count = []
+            for n in counts:
+                diffs = [grid[(n, s)]["methods"]["com"]["average_score"]
+                         - grid[(n, s)]["methods"][rival]["average_score"] for s in seeds]
+                per_count.append(f"{n}: {pm(diffs, 100)} (≥ in {sum(d >= 0 for d in diffs)}/{len(diffs)})")
+            print(f"\nCoM − {rival}, points per seed: " + "; ".join(per_count))
+        for n in counts:
+            print(f"\n## Per task at {n} samples (accuracy %, mean over seeds)\n")
+            print("| | " + " | ".join(tasks) + " | merge s |")
+            print("|---|" + "---|" * (len(tasks) + 1))
+            print("| base + expert head | " + " | ".join(f"{100 * v:.1f}" for v in base) + " |")
+            print("| expert | " + " | ".join(f"{100 * v:.1f}" for v in experts) + " |")
+            for m in REGRESSION + DATA_FREE:
+                runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
+                if runs:
+                    print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(r['scores'][t] for r in runs):.1f}"
+                                                   for t in tasks)
+                          + f" | {statistics.mean(r['seconds'] for r in runs):.0f} |")
 
     if "options" in parts:
         print("\n## One option changed, 64 samples (average accuracy %, last-group shift; mean ± std over seeds)\n")
