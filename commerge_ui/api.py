@@ -217,7 +217,7 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
     scores = {e.name: scorer.score(e, with_backbone=True) for e in experts}
     norm = {t: normalized(s, expert_scores[t], family.higher_is_better) for t, s in scores.items()}
     report = MethodReport(scores, norm, mean(list(scores.values())), mean(list(norm.values())), trace.shift,
-                          trace.block_shift, round(seconds, 3), memory.result(), trace.warnings)
+                          trace.block_shift, round(seconds, 3), memory.result(), trace.warnings, trace.merge_batch)
     return report, trace.layers
 
 

@@ -54,6 +54,9 @@ class MergeOptions(BaseModel):
     normalize: Literal["tokens", "trace", "none"] = "tokens"
     bias: Literal["regress", "average"] = "regress"
     gram_dtype: Literal["float32", "float64"] = "float32"
+    merge_batch: int = Field(0, ge=0, description="calibration samples per forward while merging; 0: all at "
+                             "once when their captured layer inputs fit merge_memory_gb, else as many as fit")
+    merge_memory_gb: float = Field(2.0, gt=0.0, description="budget for the layer inputs captured per block")
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
                                         description="CLIP zero-shot prompts; '{}' is the class name")
 

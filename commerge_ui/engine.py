@@ -22,10 +22,11 @@ from torch import nn
 from .config import MergeOptions
 from .errors import Cancelled
 from .families.base import EncodedSamples, Family
-from .layers import LayerGroup, find_layer_groups, group_weight, has_bias, pre_hooks, set_group_weight
+from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, linear_shape, pre_hooks,
+                     set_group_weight)
 from .methods import EXPERT_ON_MERGED, Method
 from .resources import PeakMemory
-from .solve import GroupInputs, augment, mean_weight, merge_layer_group
+from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
 from .sources import ModelSource
 
 
@@ -51,6 +52,7 @@ class MergeTrace:
     shift: dict[str, list[float]] = field(default_factory=dict)  # task -> per layer group
     block_shift: dict[str, list[float]] = field(default_factory=dict)  # task -> per block output
     warnings: list[str] = field(default_factory=list)
+    merge_batch: int | None = None  # samples per forward when the statistics were micro-batched; None: one pass
 
 
 @dataclass
@@ -89,6 +91,27 @@ def capture_block_inputs(family: Family, backbone: nn.Module, first_block: nn.Mo
 def run_block(block: nn.Module, stream: Stream) -> torch.Tensor:
     out = block(stream.hidden, *stream.args, **stream.kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def input_at(block: nn.Module, group: LayerGroup, stream: Stream, mask: torch.Tensor,
+             dtype: torch.dtype) -> torch.Tensor:
+    """The group's input on the stream's real tokens: the block runs up to the group and stops there."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def stop(module: nn.Module, args: tuple) -> None:
+        seen["x"] = args[0][mask].to(dtype)
+        raise _StopForward
+
+    with pre_hooks(block, {group.names[0]: stop}):
+        try:
+            run_block(block, stream)
+        except _StopForward:
+            pass
+    return seen["x"]
+
+
+def rows_stream(stream: Stream, rows: slice) -> Stream:
+    return Stream(stream.hidden[rows], *_rows_of(stream, rows))
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
@@ -138,6 +161,70 @@ class _BlockMerger:
         for task, mask, expert_out in zip(self.tasks, self.masks, expert_outs):
             merged_out = merged_stream.hidden[task.rows][mask].to(self.stat_dtype)
             self.trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
+
+    def merge_block_batched(self, block: nn.Module, path: str, groups: list[LayerGroup], labels: list[str],
+                            expert_streams: list[Stream], merged_stream: Stream,
+                            merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None],
+                            batch: int) -> None:
+        """merge_block in micro-batches of `batch` samples (docs/method.md §6b): memory no longer grows with the
+        calibration set. Per layer group, each micro-batch runs the expert's block and the merged block (earlier
+        groups already merged) up to that group and adds its terms; the group is solved once all are in. Then
+        every stream advances through the finished block, micro-batch by micro-batch."""
+        dtype = next(block.parameters()).dtype
+        expert_blocks = [_load_block(block, task.source, path, dtype) for task in self.tasks]
+        for name, param in block.named_parameters():
+            merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
+        for group, label in zip(groups, labels):
+            self.solve_batched(group, label, block, expert_blocks, expert_streams, merged_stream, batch)
+        merged_hidden = torch.empty_like(merged_stream.hidden)
+        for task, mask, expert_block, stream in zip(self.tasks, self.masks, expert_blocks, expert_streams):
+            expert_out, merged_out, shift = [], [], _ShiftSum()
+            for chunk in _chunks(mask.shape[0], batch):
+                rows = slice(task.rows.start + chunk.start, task.rows.start + chunk.stop)
+                expert_out.append(run_block(expert_block, rows_stream(stream, chunk)))
+                merged_out.append(run_block(block, rows_stream(merged_stream, rows)))
+                shift.add(merged_out[-1][mask[chunk]].to(self.stat_dtype), expert_out[-1][mask[chunk]].to(self.stat_dtype))
+            stream.hidden = torch.cat(expert_out)
+            merged_hidden[task.rows] = torch.cat(merged_out)
+            self.trace.block_shift[task.name].append(shift.value())
+        merged_stream.hidden = merged_hidden
+
+    def solve_batched(self, group: LayerGroup, label: str, block: nn.Module, expert_blocks: list[nn.Module],
+                      expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:
+        """One layer group from micro-batches: its terms and its shift summed over them, then one solve."""
+        on_merged = EXPERT_ON_MERGED in self.method.reads
+        bias = self.with_bias(group.modules(block))
+        weights = [group_weight(group.modules(b), bias).to(self.stat_dtype) for b in expert_blocks]
+        w_mean = mean_weight(weights)
+        alpha, _ = self.method.regularization(self.options)
+        terms, tokens = [], []
+        for task, mask, expert_block, stream, w in zip(self.tasks, self.masks, expert_blocks, expert_streams, weights):
+            total: TaskTerms | None = None
+            count, shift = 0, _ShiftSum()
+            for chunk in _chunks(mask.shape[0], batch):
+                rows = slice(task.rows.start + chunk.start, task.rows.start + chunk.stop)
+                x = input_at(expert_block, group, rows_stream(stream, chunk), mask[chunk], self.stat_dtype)
+                merged_rows = rows_stream(merged_stream, rows)
+                x_hat = input_at(block, group, merged_rows, mask[chunk], self.stat_dtype)
+                shift.add(x_hat, x)
+                count += x.shape[0]
+                if self.method.group_terms is None:
+                    continue
+                z = input_at(expert_block, group, merged_rows, mask[chunk], self.stat_dtype) if on_merged else None
+                part = GroupInputs(augment(x, bias), augment(x_hat, bias), None if z is None else augment(z, bias),
+                                   w, w_mean, task.weight)
+                total = add_terms(total, self.method.group_terms(part, alpha, self.options))
+            self.trace.shift[task.name].append(shift.value())
+            if total is not None:
+                terms.append(total)
+                tokens.append(count)
+        if terms:
+            merged, warning = solve_layer_group(self.method, terms, tokens, [t.weight for t in self.tasks], w_mean,
+                                                self.options, where=label)
+            if warning:
+                self.trace.warnings.append(warning)
+            set_group_weight(group.modules(block), merged, bias)
+        self.on_group(label)
 
     def expert_pass(self, expert_block: nn.Module, stream: Stream, mask: torch.Tensor,
                     groups: list[LayerGroup]) -> tuple[torch.Tensor, dict[LayerGroup, torch.Tensor]]:
@@ -259,8 +346,14 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
             labels = [g.label(path) for g in groups]
             counter["total"] = counter["total"] or len(groups) * len(blocks)
             trace.layers.extend(labels)
+            if index == 0:
+                trace.merge_batch = plan_batch(options, groups, block, calibration, method)
             merger = _BlockMerger(method, options, tasks, masks, trace, on_group)
-            merger.merge_block(block, path, groups, labels, expert_streams, merged_stream, merge_tensor)
+            if trace.merge_batch is None:
+                merger.merge_block(block, path, groups, labels, expert_streams, merged_stream, merge_tensor)
+            else:
+                merger.merge_block_batched(block, path, groups, labels, expert_streams, merged_stream, merge_tensor,
+                                           trace.merge_batch)
             memory.sample()
     return trace
 
@@ -277,3 +370,40 @@ def _rows_of(stream: Stream, rows: slice) -> tuple[tuple, dict]:
         return value
 
     return tuple(take(a) for a in stream.args), {k: take(v) for k, v in stream.kwargs.items()}
+
+
+def _chunks(rows: int, batch: int) -> list[slice]:
+    return [slice(start, min(start + batch, rows)) for start in range(0, rows, batch)]
+
+
+class _ShiftSum:
+    """‖X̂ − X‖ / ‖X‖ over all micro-batches, from the summed squares: the same figure as one pass gives."""
+
+    def __init__(self) -> None:
+        self.diff, self.norm = 0.0, 0.0
+
+    def add(self, approx: torch.Tensor, exact: torch.Tensor) -> None:
+        self.diff += float(torch.sum((approx - exact).double() ** 2))
+        self.norm += float(torch.sum(exact.double() ** 2))
+
+    def value(self) -> float:
+        return (self.diff ** 0.5) / max(self.norm ** 0.5, 1e-12)
+
+
+def plan_batch(options: MergeOptions, groups: list[LayerGroup], block: nn.Module, calibration: EncodedSamples,
+               method: Method) -> int | None:
+    """Samples per forward while merging, or None for one pass over all of them (the fastest). One pass holds
+    every group's inputs for every real token of every task at once (twice with RegMean++'s extra read); when
+    that exceeds options.merge_memory_gb, micro-batches as large as the budget allows. merge_batch overrides."""
+    if options.merge_batch:
+        return options.merge_batch
+    element = 8 if options.gram_dtype == "float64" else 4
+    width = sum(linear_shape(g.modules(block)[0])[0] for g in groups)
+    copies = 2 if EXPERT_ON_MERGED in method.reads else 1
+    tokens = int(calibration.token_mask.sum())
+    need = tokens * width * element * copies
+    budget = options.merge_memory_gb * 2 ** 30
+    if need <= budget:
+        return None
+    rows = calibration.token_mask.shape[0]
+    return max(1, int(rows * budget / need))

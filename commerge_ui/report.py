@@ -18,6 +18,7 @@ class MethodReport:
     seconds: float
     peak_memory_bytes: int
     warnings: list[str] = field(default_factory=list)
+    merge_batch: int | None = None  # samples per forward if the statistics were micro-batched; None: one pass
 
 
 @dataclass

@@ -131,11 +131,25 @@ class GroupMethod(Protocol):
     def regularization(self, options: MergeOptions) -> tuple[float, float]: ...
 
 
+def add_terms(total: TaskTerms | None, part: TaskTerms) -> TaskTerms:
+    """Terms are sums over tokens: a micro-batch's terms add to the others' (docs/method.md §6b)."""
+    return part if total is None else TaskTerms(total.lhs + part.lhs, total.rhs + part.rhs)
+
+
+def solve_layer_group(method: GroupMethod, terms: list[TaskTerms], tokens: list[int], weights: list[float],
+                      w_mean: torch.Tensor, options: MergeOptions,
+                      where: str = "layer") -> tuple[torch.Tensor, str | None]:
+    """Each task's terms (summed over all its tokens) normalised and weighted, then solved."""
+    _, ridge = method.regularization(options)
+    scaled = [task_scale(t, n, options.normalize, w) for t, n, w in zip(terms, tokens, weights)]
+    return solve_group(scaled, w_mean, ridge=ridge, where=where)
+
+
 def merge_layer_group(method: GroupMethod, inputs: list[GroupInputs], options: MergeOptions,
                       where: str = "layer") -> tuple[torch.Tensor, str | None]:
-    """One layer group merged: each task's terms from the method, normalised and weighted, then solved.
-    Returns W* [d_in (+1), d_out] in float64 and a warning if the system needed a ridge."""
-    alpha, ridge = method.regularization(options)
-    terms = [task_scale(method.group_terms(g, alpha, options), g.x.shape[0], options.normalize, g.weight)
-             for g in inputs]
-    return solve_group(terms, inputs[0].w_mean, ridge=ridge, where=where)
+    """One layer group merged from all its tokens at once: each task's terms from the method, normalised and
+    weighted, then solved. Returns W* [d_in (+1), d_out] in float64 and a warning if the system needed a ridge."""
+    alpha, _ = method.regularization(options)
+    terms = [method.group_terms(g, alpha, options) for g in inputs]
+    return solve_layer_group(method, terms, [g.x.shape[0] for g in inputs], [g.weight for g in inputs],
+                             inputs[0].w_mean, options, where)

@@ -1,0 +1,87 @@
+"""Micro-batched statistics (docs/method.md §6b): the same merge as one pass, in bounded memory."""
+
+import pytest
+import torch
+from tiny_families import make_clip_setup, make_lm_setup
+
+from commerge_ui.api import run_merge
+from commerge_ui.compat import find_source
+from commerge_ui.config import MergeOptions, parse_config
+from commerge_ui.engine import plan_batch
+from commerge_ui.families.base import EncodedSamples
+from commerge_ui.layers import LayerGroup
+from commerge_ui.methods import METHODS
+from commerge_ui.sources import SafetensorsWeights
+
+REGRESSION = [name for name, m in METHODS.items() if m.regression]
+
+
+def _setup(kind, tiny, root):
+    if kind == "bert":
+        return tiny
+    if kind == "clip":
+        return make_clip_setup(root, layers=2, noise=0.5)
+    return make_lm_setup(root, kind, layers=3, noise=0.5)
+
+
+def _merge(setup, out, batch, methods):
+    config = setup.config(methods=methods)
+    config["options"] = {**config["options"], "merge_batch": batch}
+    return run_merge(parse_config(config), out_dir=out, save=methods)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "clip"])
+def test_micro_batched_merge_equals_one_pass(kind, tiny, tmp_path):
+    setup = _setup(kind, tiny, tmp_path / "models")
+    one = _merge(setup, tmp_path / "one", 0, REGRESSION + ["average"])
+    # 5 samples per forward: uneven micro-batches (24 calibration samples per task), padding inside each
+    parts = _merge(setup, tmp_path / "parts", 5, REGRESSION + ["average"])
+    for method in REGRESSION + ["average"]:
+        assert one.methods[method].merge_batch is None and parts.methods[method].merge_batch == 5
+        for task, curve in one.methods[method].shift.items():
+            assert parts.methods[method].shift[task] == pytest.approx(curve, rel=1e-4, abs=1e-6), (method, task)
+            assert parts.methods[method].block_shift[task] == pytest.approx(
+                one.methods[method].block_shift[task], rel=1e-4, abs=1e-6), (method, task)
+        assert parts.methods[method].scores == pytest.approx(one.methods[method].scores, rel=1e-4)
+        a, b = SafetensorsWeights(tmp_path / "one" / method), SafetensorsWeights(tmp_path / "parts" / method)
+        changed = 0
+        for name in a.names():
+            x, y = a.get(name).float(), b.get(name).float()
+            assert torch.allclose(x, y, atol=2e-5, rtol=1e-4), (method, name, float((x - y).abs().max()))
+            changed += int(not torch.equal(x, y))
+        if method != "average":
+            assert changed > 0  # floating-point sums in another order: equal within tolerance, not bitwise
+
+
+def test_micro_batched_identical_experts_give_the_expert_back(tmp_path):
+    setup = make_lm_setup(tmp_path / "models", "llama", identical=True)
+    _merge(setup, tmp_path / "out", 7, REGRESSION)
+    expert = SafetensorsWeights(setup.experts["task0"])
+    for method in REGRESSION:
+        merged = SafetensorsWeights(tmp_path / "out" / method)
+        source = find_source(expert, merged.names(), "", "expert")
+        compared = [n for n in merged.names() if source.has(n)]
+        assert len(compared) >= len(merged.names()) - 1
+        for name in compared:
+            assert torch.allclose(merged.get(name).float(), source.get(name).float(), atol=2e-4), (method, name)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(width, 4 * width)
+        self.down = torch.nn.Linear(4 * width, width)
+
+
+def test_plan_batch_fits_the_budget():
+    block = _Block(256)  # one pass holds 256 + 1024 floats per token and group input
+    groups = [LayerGroup(("up",)), LayerGroup(("down",))]
+    mask = torch.ones(400, 128, dtype=torch.bool)  # 51,200 tokens × 1,280 floats × 4 bytes = 250 MiB
+    calibration = EncodedSamples({}, mask)
+    com, plusplus = METHODS["com"], METHODS["regmean_plusplus"]
+    assert plan_batch(MergeOptions(merge_memory_gb=1.0), groups, block, calibration, com) is None
+    half = 125 / 1024  # GiB: half of what one pass needs
+    assert plan_batch(MergeOptions(merge_memory_gb=half), groups, block, calibration, com) == 200
+    assert plan_batch(MergeOptions(merge_memory_gb=half), groups, block, calibration, plusplus) == 100  # 2 reads
+    assert plan_batch(MergeOptions(merge_memory_gb=1e-6), groups, block, calibration, com) == 1
+    assert plan_batch(MergeOptions(merge_batch=32, merge_memory_gb=1.0), groups, block, calibration, com) == 32
