@@ -317,7 +317,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
     """Merge the experts into `backbone` (loaded with the base's weights) in place, with `method`."""
     block_path, blocks = family.blocks(backbone)
     trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
-    masks = [calibration.token_mask[t.rows] for t in tasks]
+    masks = [statistics_mask(calibration.token_mask[t.rows], options.sink_tokens) for t in tasks]
     memory = memory or PeakMemory(next(backbone.parameters()).device)
     counter = {"step": 0, "total": 0}
 
@@ -370,6 +370,14 @@ def _rows_of(stream: Stream, rows: slice) -> tuple[tuple, dict]:
         return value
 
     return tuple(take(a) for a in stream.args), {k: take(v) for k, v in stream.kwargs.items()}
+
+
+def statistics_mask(token_mask: torch.Tensor, sink_tokens: int) -> torch.Tensor:
+    """The tokens the statistics and the shift are computed on: real tokens, less each sample's first
+    `sink_tokens` (they still run through every block, so the others see them)."""
+    if not sink_tokens:
+        return token_mask
+    return token_mask & (token_mask.cumsum(dim=1) > sink_tokens)
 
 
 def _chunks(rows: int, batch: int) -> list[slice]:

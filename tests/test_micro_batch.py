@@ -85,3 +85,14 @@ def test_plan_batch_fits_the_budget():
     assert plan_batch(MergeOptions(merge_memory_gb=half), groups, block, calibration, plusplus) == 100  # 2 reads
     assert plan_batch(MergeOptions(merge_memory_gb=1e-6), groups, block, calibration, com) == 1
     assert plan_batch(MergeOptions(merge_batch=32, merge_memory_gb=1.0), groups, block, calibration, com) == 32
+
+
+def test_sink_tokens_leave_each_samples_first_real_tokens_out():
+    from commerge_ui.engine import statistics_mask
+
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True], [True, False, False, False]])
+    assert torch.equal(statistics_mask(mask, 0), mask)
+    assert statistics_mask(mask, 1).tolist() == [[False, True, True, False], [False, False, True, True],
+                                                 [False, False, False, False]]
+    assert statistics_mask(mask, 2).tolist() == [[False, False, True, False], [False, False, False, True],
+                                                 [False, False, False, False]]
