@@ -1,10 +1,13 @@
 """Benchmark (not a test): does merging K causal-LM experts hold K models in memory? It should not.
 
     python benchmarks/bench_streaming.py [--hidden 512] [--layers 12] [--experts 2,4,8] [--dtype float32]
+    python benchmarks/bench_streaming.py --tokens-scale 1,4 --merge-batch 0,8 --experts 3   # micro-batches
 
 Builds a Llama-style decoder (grouped-query attention) and K perturbed experts on disk, then merges them with
 RegMean and CoM through the engine (no scoring) and reports the peak memory of the merge next to the size of
 one model. With block streaming the peak grows by about one block per expert, not one model per expert.
+With --tokens-scale and --merge-batch it also multiplies the calibration samples and compares one pass
+(merge batch 0) with micro-batches: one pass grows with the tokens, micro-batches should not (#15).
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ def calibration(experts: int, samples: int, tokens: int) -> tuple[EncodedSamples
         [slice(i * samples, (i + 1) * samples) for i in range(experts)]
 
 
-def measure(name: str, base_folder: Path, folders: list[Path], args) -> tuple[float, int, int]:
+def measure(name: str, base_folder: Path, folders: list[Path], args, samples: int,
+            merge_batch: int) -> tuple[float, int, int]:
     """One merge: (seconds, memory with the merged model loaded, peak memory during the merge)."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    encoded, rows = calibration(len(folders), args.samples, args.tokens)
+    encoded, rows = calibration(len(folders), samples, args.tokens)
     memory = PeakMemory(device)
     backbone = FAMILY.load_backbone(base_folder, dtype, device)
     names = [n for n, _ in backbone.named_parameters()]
@@ -76,7 +80,8 @@ def measure(name: str, base_folder: Path, folders: list[Path], args) -> tuple[fl
     memory.sample()
     before = memory.result()
     began = time.perf_counter()
-    merge(METHODS[name], FAMILY, backbone, base, tasks, encoded.to(device), MergeOptions(), memory=memory)
+    merge(METHODS[name], FAMILY, backbone, base, tasks, encoded.to(device), MergeOptions(merge_batch=merge_batch),
+          memory=memory)
     return time.perf_counter() - began, before, memory.result()
 
 
@@ -87,25 +92,33 @@ def main() -> None:
     parser.add_argument("--experts", default="2,4,8")
     parser.add_argument("--samples", type=int, default=32, help="calibration samples per expert")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--tokens-scale", default="1", help="calibration samples × each of these")
+    parser.add_argument("--merge-batch", default="0", help="samples per forward while merging; 0: one pass")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     print(f"device={device} dtype={args.dtype} hidden={args.hidden} layers={args.layers} "
           f"samples/expert={args.samples} tokens={args.tokens} torch={torch.__version__}")
-    print(f"\n{'experts':>7} {'model MiB':>9} {'K x model':>9} {'method':>8} {'seconds':>8} {'peak MiB':>9} "
-          f"{'peak - before':>13}")
+    print(f"\n{'experts':>7} {'samples':>7} {'batch':>5} {'model MiB':>9} {'K x model':>9} {'method':>8} "
+          f"{'seconds':>8} {'peak MiB':>9} {'peak - before':>13}")
+    scales = [int(k) for k in args.tokens_scale.split(",")]
+    batches = [int(b) for b in args.merge_batch.split(",")]
     for experts in map(int, args.experts.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             base_folder, folders, size = build(Path(tmp), args.hidden, args.layers, experts)
             size = size * torch.finfo(dtype).bits // 32
-            for name in ("regmean", "com"):
-                # A fresh process per merge: the allocator keeps what building the models used, which would
-                # blur the baseline.
-                with multiprocessing.get_context("spawn").Pool(1) as pool:
-                    seconds, before, peak = pool.apply(measure, (name, base_folder, folders, args))
-                print(f"{experts:>7} {size / 2**20:>9.0f} {experts * size / 2**20:>9.0f} {name:>8} {seconds:>8.1f} "
-                      f"{peak / 2**20:>9.0f} {(peak - before) / 2**20:>13.0f}", flush=True)
+            for scale in scales:
+                for batch in batches:
+                    for name in ("regmean", "com"):
+                        # A fresh process per merge: the allocator keeps what building the models used, which
+                        # would blur the baseline.
+                        with multiprocessing.get_context("spawn").Pool(1) as pool:
+                            seconds, before, peak = pool.apply(
+                                measure, (name, base_folder, folders, args, args.samples * scale, batch))
+                        print(f"{experts:>7} {args.samples * scale:>7} {batch:>5} {size / 2**20:>9.0f} "
+                              f"{experts * size / 2**20:>9.0f} {name:>8} {seconds:>8.1f} {peak / 2**20:>9.0f} "
+                              f"{(peak - before) / 2**20:>13.0f}", flush=True)
     print("\npeak: allocated GPU memory on CUDA, anonymous resident memory on CPU (sampled per layer group), "
           "each merge in a fresh process; 'before': the merged model loaded, ready to merge.")
 
