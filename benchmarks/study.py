@@ -103,7 +103,7 @@ def main() -> None:
             accuracy, shift = [], []
             for n in counts:
                 runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
-                accuracy.append(pm([r["average_score"] for r in runs], 100) if runs else "same")
+                accuracy.append(pm([r["average_score"] for r in runs], 100) if runs else f"as at {counts[0]}")
                 shift.append(pm([last_shift(r) for r in runs], 1, 3) if runs else "")
             print(f"| {m} | " + " | ".join(accuracy + shift) + " |")
         for rival in REGRESSION[1:]:
