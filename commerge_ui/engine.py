@@ -183,7 +183,8 @@ class _BlockMerger:
                 rows = slice(task.rows.start + chunk.start, task.rows.start + chunk.stop)
                 expert_out.append(run_block(expert_block, rows_stream(stream, chunk)))
                 merged_out.append(run_block(block, rows_stream(merged_stream, rows)))
-                shift.add(merged_out[-1][mask[chunk]].to(self.stat_dtype), expert_out[-1][mask[chunk]].to(self.stat_dtype))
+                real = mask[chunk]
+                shift.add(merged_out[-1][real].to(self.stat_dtype), expert_out[-1][real].to(self.stat_dtype))
             stream.hidden = torch.cat(expert_out)
             merged_hidden[task.rows] = torch.cat(merged_out)
             self.trace.block_shift[task.name].append(shift.value())
