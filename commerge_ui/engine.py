@@ -179,8 +179,7 @@ class _BlockMerger:
         merged_hidden = torch.empty_like(merged_stream.hidden)
         for task, mask, expert_block, stream in zip(self.tasks, self.masks, expert_blocks, expert_streams):
             expert_out, merged_out, shift = [], [], _ShiftSum()
-            for chunk in _chunks(mask.shape[0], batch):
-                rows = slice(task.rows.start + chunk.start, task.rows.start + chunk.stop)
+            for chunk, rows in _chunks(task, batch):
                 expert_out.append(run_block(expert_block, rows_stream(stream, chunk)))
                 merged_out.append(run_block(block, rows_stream(merged_stream, rows)))
                 real = mask[chunk]
@@ -195,21 +194,22 @@ class _BlockMerger:
         """One layer group from micro-batches: its terms and its shift summed over them, then one solve."""
         on_merged = EXPERT_ON_MERGED in self.method.reads
         bias = self.with_bias(group.modules(block))
-        weights = [group_weight(group.modules(b), bias).to(self.stat_dtype) for b in expert_blocks]
-        w_mean = mean_weight(weights)
+        regression = self.method.group_terms is not None
+        weights = [group_weight(group.modules(b), bias).to(self.stat_dtype) if regression else None
+                   for b in expert_blocks]
+        w_mean = mean_weight(weights) if regression else None
         alpha, _ = self.method.regularization(self.options)
         terms, tokens = [], []
         for task, mask, expert_block, stream, w in zip(self.tasks, self.masks, expert_blocks, expert_streams, weights):
             total: TaskTerms | None = None
             count, shift = 0, _ShiftSum()
-            for chunk in _chunks(mask.shape[0], batch):
-                rows = slice(task.rows.start + chunk.start, task.rows.start + chunk.stop)
+            for chunk, rows in _chunks(task, batch):
                 x = input_at(expert_block, group, rows_stream(stream, chunk), mask[chunk], self.stat_dtype)
                 merged_rows = rows_stream(merged_stream, rows)
                 x_hat = input_at(block, group, merged_rows, mask[chunk], self.stat_dtype)
                 shift.add(x_hat, x)
                 count += x.shape[0]
-                if self.method.group_terms is None:
+                if not regression:
                     continue
                 z = input_at(expert_block, group, merged_rows, mask[chunk], self.stat_dtype) if on_merged else None
                 part = GroupInputs(augment(x, bias), augment(x_hat, bias), None if z is None else augment(z, bias),
@@ -288,7 +288,7 @@ class _BlockMerger:
             return [None] * len(self.tasks)
         out = []
         for task, mask, expert_block in zip(self.tasks, self.masks, expert_blocks):
-            rows = Stream(stream.hidden[task.rows], *_rows_of(stream, task.rows))
+            rows = rows_stream(stream, task.rows)
             out.append(self.expert_pass(expert_block, rows, mask, groups)[1])
         return out
 
@@ -342,7 +342,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
             if cancel and cancel():
                 raise Cancelled(f"{method.name}: cancelled before block {index}")
             path = f"{block_path}.{index}"
-            probe = Stream(merged_stream.hidden[:1], *_rows_of(merged_stream, slice(0, 1)))
+            probe = rows_stream(merged_stream, slice(0, 1))
             groups = find_layer_groups(block, lambda: run_block(block, probe))
             labels = [g.label(path) for g in groups]
             counter["total"] = counter["total"] or len(groups) * len(blocks)
@@ -381,8 +381,11 @@ def statistics_mask(token_mask: torch.Tensor, sink_tokens: int) -> torch.Tensor:
     return token_mask & (token_mask.cumsum(dim=1) > sink_tokens)
 
 
-def _chunks(rows: int, batch: int) -> list[slice]:
-    return [slice(start, min(start + batch, rows)) for start in range(0, rows, batch)]
+def _chunks(task: EngineTask, batch: int) -> list[tuple[slice, slice]]:
+    """A task's micro-batches: (rows of its expert stream, the same samples' rows of the merged stream)."""
+    start, stop = task.rows.start, task.rows.stop
+    return [(slice(i, min(i + batch, stop - start)), slice(start + i, min(start + i + batch, stop)))
+            for i in range(0, stop - start, batch)]
 
 
 class _ShiftSum:
