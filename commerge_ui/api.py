@@ -77,13 +77,14 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
                token: str | None, progress: Callable[[ProgressEvent], None] | None,
                cancel: Callable[[], bool] | None, log: Callable[[str], None] | None) -> Report:
     say = log or (lambda message: None)
-    options = config.options
     save = _check_request(config, save)
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
-    torch.manual_seed(options.seed)
+    torch.manual_seed(config.options.seed)
 
     say(f"resolving base {config.base}")
     loaded = _load_base(config, torch_device, torch_dtype, token)
+    config = with_family_defaults(config, loaded.family)
+    options = config.options
     experts, warnings = _load_experts(config, loaded, token, say)
     scorer = _Scorer(loaded, options, torch_device, torch_dtype)
 
@@ -116,6 +117,14 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     if out_dir is not None:
         report.write(out_dir / "report.json")
     return report
+
+
+def with_family_defaults(config: MergeConfig, family: Family) -> MergeConfig:
+    """Options left unset that depend on the family, filled in (so the report and the exported config say them)."""
+    if config.options.sink_tokens is not None:
+        return config
+    options = config.options.model_copy(update={"sink_tokens": family.sink_tokens})
+    return config.model_copy(update={"options": options})
 
 
 def _check_request(config: MergeConfig, save: list[str] | None) -> list[str]:

@@ -54,8 +54,9 @@ class MergeOptions(BaseModel):
     normalize: Literal["tokens", "trace", "none"] = "tokens"
     bias: Literal["regress", "average"] = "regress"
     gram_dtype: Literal["float32", "float64"] = "float32"
-    sink_tokens: int = Field(0, ge=0, description="each sample's first tokens left out of the statistics and "
-                             "the shift (a causal LM's attention sink carries activations ~500× the others)")
+    sink_tokens: int | None = Field(None, ge=0, description="each sample's first tokens left out of the statistics "
+                                    "and the shift (a causal LM's attention sink carries activations ~500× the "
+                                    "others); unset: the family's default (causal LMs 1, encoders 0)")
     merge_batch: int = Field(0, ge=0, description="calibration samples per forward while merging; 0: all at "
                              "once when their captured layer inputs fit merge_memory_gb, else as many as fit")
     merge_memory_gb: float = Field(2.0, gt=0.0, description="budget for the layer inputs captured per block")

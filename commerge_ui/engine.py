@@ -318,7 +318,8 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
     """Merge the experts into `backbone` (loaded with the base's weights) in place, with `method`."""
     block_path, blocks = family.blocks(backbone)
     trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
-    masks = [statistics_mask(calibration.token_mask[t.rows], options.sink_tokens) for t in tasks]
+    sink = family.sink_tokens if options.sink_tokens is None else options.sink_tokens
+    masks = [statistics_mask(calibration.token_mask[t.rows], sink) for t in tasks]
     memory = memory or PeakMemory(next(backbone.parameters()).device)
     counter = {"step": 0, "total": 0}
 

@@ -46,6 +46,15 @@ def _inputs_of(model: torch.nn.Module, path: str, batch: dict, mask: torch.Tenso
     return seen[0]
 
 
+def without_first_tokens(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """`mask` [rows, tokens] with each row's first n marked tokens unmarked (the `sink_tokens` option)."""
+    out = mask.clone()
+    for row in range(len(out)):
+        for column in out[row].nonzero().flatten()[:n]:
+            out[row, column] = False
+    return out
+
+
 def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], blocks: str, layers: int,
           groups: list[tuple[str, ...]], batches: list[tuple[dict, torch.Tensor]], bias: str,
           alpha: float = 0.9) -> None:

@@ -14,7 +14,8 @@ from commerge_ui.api import run_merge
 from commerge_ui.config import parse_config
 from commerge_ui.families.causal_lm import CausalLM
 from commerge_ui.families.text_classification import TextClassification
-from commerge_ui.reference import BERT_GROUPS, GPT2_GROUPS, averaged, naive, relative_difference
+from commerge_ui.reference import (BERT_GROUPS, GPT2_GROUPS, averaged, naive, relative_difference,
+                                   without_first_tokens)
 from commerge_ui.samples import read_samples
 
 from conftest import make_base, make_expert, write_samples
@@ -23,14 +24,15 @@ from tiny_families import causal_lm, perturbed, save_word_tokenizer, write_texts
 ALPHA = 0.9
 
 
-def _merge(root: Path, base: Path, experts: list[Path], calibration: list[Path], method: str, bias: str) -> Path:
+def _merge(root: Path, base: Path, experts: list[Path], calibration: list[Path], method: str, bias: str,
+           sink: int | None = None) -> Path:
     config = parse_config({
         "base": str(base), "methods": [method],
         "experts": [{"name": f"t{i}", "model": str(e), "calibration": str(c)}
                     for i, (e, c) in enumerate(zip(experts, calibration))],
         "options": {"calibration_samples": 24, "max_length": 16, "alpha": ALPHA, "bias": bias,
-                    "gram_dtype": "float64", "normalize": "tokens"}})
-    out = root / f"out-{method}-{bias}"
+                    "gram_dtype": "float64", "normalize": "tokens", "sink_tokens": sink}})
+    out = root / f"out-{method}-{bias}-{sink}"
     run_merge(config, out_dir=out, save=[method], device="cpu")
     return out / method
 
@@ -73,12 +75,12 @@ def gpt2(tmp_path_factory):
     return root, experts, calibration
 
 
-def _batches(family, folder: Path, calibration: list[Path]):
+def _batches(family, folder: Path, calibration: list[Path], sink: int = 0):
     processor = family.load_processor(folder)
     out = []
     for path in calibration:
         encoded = family.encode(processor, read_samples(path), 16)
-        out.append((encoded.inputs, encoded.token_mask))
+        out.append((encoded.inputs, without_first_tokens(encoded.token_mask, sink)))
     return out
 
 
@@ -97,10 +99,30 @@ def test_bert_merge_equals_the_naive_reference(bert, method, bias):
 @pytest.mark.parametrize("method", ["com", "regmean", "regmean_plusplus"])
 @pytest.mark.parametrize("bias", ["regress", "average"])
 def test_gpt2_merge_equals_the_naive_reference(gpt2, method, bias):
+    """Unset, sink_tokens is the causal-LM family's 1: each text's first token is left out of the statistics."""
     root, experts, calibration = gpt2
     models = [AutoModelForCausalLM.from_pretrained(e).eval() for e in experts]
     reference = averaged(models, AutoModelForCausalLM.from_pretrained(root / "base").eval())
     naive(method, reference, models, "transformer.h", 2, GPT2_GROUPS,
-          _batches(CausalLM(), root / "base", calibration), bias)
+          _batches(CausalLM(), root / "base", calibration, sink=1), bias)
     ours = AutoModelForCausalLM.from_pretrained(_merge(root, root / "base", experts, calibration, method, bias))
     assert relative_difference(ours.state_dict(), reference.state_dict(), "transformer.h") < 1e-5
+
+
+def test_gpt2_com_with_every_token_equals_the_naive_reference_and_differs_from_the_default(gpt2):
+    root, experts, calibration = gpt2
+    models = [AutoModelForCausalLM.from_pretrained(e).eval() for e in experts]
+    reference = averaged(models, AutoModelForCausalLM.from_pretrained(root / "base").eval())
+    naive("com", reference, models, "transformer.h", 2, GPT2_GROUPS,
+          _batches(CausalLM(), root / "base", calibration, sink=0), "regress")
+    every = AutoModelForCausalLM.from_pretrained(_merge(root, root / "base", experts, calibration, "com", "regress", 0))
+    default = AutoModelForCausalLM.from_pretrained(_merge(root, root / "base", experts, calibration, "com", "regress"))
+    assert relative_difference(every.state_dict(), reference.state_dict(), "transformer.h") < 1e-5
+    assert relative_difference(default.state_dict(), reference.state_dict(), "transformer.h") > 1e-3
+
+
+def test_without_first_tokens_by_hand():
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True], [True, False, False, False]])
+    assert without_first_tokens(mask, 1).tolist() == [[False, True, True, False], [False, False, True, True],
+                                                      [False, False, False, False]]
+    assert without_first_tokens(mask, 0).equal(mask)

@@ -53,6 +53,7 @@ class Family(Protocol):
     higher_is_better: bool
     part: str  # what is merged, in words ("encoder", "vision tower", "decoder")
     needs_labels: bool  # evaluation samples must carry labels
+    sink_tokens: int  # default for options.sink_tokens: each sample's first tokens left out of the statistics
     notes: list[str]  # how scoring read ambiguous labels; run_merge adds them to the report's warnings
 
     def may_omit(self, name: str) -> bool:

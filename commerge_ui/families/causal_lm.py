@@ -26,6 +26,7 @@ class CausalLM:
     higher_is_better = False
     part = "decoder"
     needs_labels = False
+    sink_tokens = 1  # a causal LM's first token is its attention sink (docs/method.md §8b)
 
     def __init__(self) -> None:
         self._placement = (torch.float32, torch.device("cpu"))  # the run's; experts are scored the same way

@@ -51,6 +51,7 @@ class ImageClassification:
     higher_is_better = True
     part = "vision tower"
     needs_labels = True
+    sink_tokens = 0
 
     def __init__(self, base_folder: Path, templates: list[str] | None = None) -> None:
         if read_config_file(base_folder / "config.json").get("model_type") != "clip":

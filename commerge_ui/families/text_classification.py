@@ -27,6 +27,7 @@ class TextClassification:
     higher_is_better = True
     part = "encoder"
     needs_labels = True
+    sink_tokens = 0
 
     def __init__(self) -> None:
         self._classifier_of: tuple[Path, nn.Module] | None = None  # one at a time bounds memory
