@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as transformers_logging
 
 from .compat import check_expert, find_source, is_unchanged
 from .config import MergeConfig, MergeOptions
 from .engine import EngineTask, ProgressEvent, merge
-from .errors import InputError, MergeError
+from .errors import Cancelled, InputError, MergeError
 from .export import model_card
 from .families import Family, detect_family
 from .families.base import EncodedSamples
@@ -89,8 +90,8 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     scorer = _Scorer(loaded, options, torch_device, torch_dtype)
 
     say("scoring the experts and the base")
-    expert_scores = {e.name: scorer.reference(e, "expert") for e in experts}
-    base_scores = {e.name: scorer.reference(e, "base") for e in experts}
+    notify = _Notifier(progress, cancel)
+    expert_scores, base_scores = scorer.references(experts, notify)
     warnings.extend(loaded.family.notes)
 
     calibration, tasks = _encode_calibration(loaded.family, loaded.processor, experts, options.max_length)
@@ -100,11 +101,13 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     for name in config.methods:
         say(f"merging with {METHODS[name].title}")
         reports[name], layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
-                                                 calibration, config, torch_device, progress, cancel)
+                                                 calibration, config, torch_device, notify)
         if out_dir is not None and name in save:
-            say(f"saving {METHODS[name].title} to {out_dir / name}")
+            say(f"saving {METHODS[name].title}")
+            notify(ProgressEvent(name, 0, 1, name, "save"))
             _save_model(loaded.family, loaded.backbone, loaded.processor, config, experts, name, reports[name],
                         out_dir / name)
+            notify(ProgressEvent(name, 1, 1, name, "save"))
 
     report = Report(
         family=loaded.family.name, metric=loaded.family.metric, higher_is_better=loaded.family.higher_is_better,
@@ -179,6 +182,19 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | None,
     return experts, warnings
 
 
+class _Notifier:
+    """Passes progress events on, and stops the run at the next one once cancel() is true."""
+
+    def __init__(self, progress: Callable[[ProgressEvent], None] | None, cancel: Callable[[], bool] | None) -> None:
+        self.progress, self.cancel = progress, cancel
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.progress:
+            self.progress(event)
+        if self.cancel and self.cancel() and event.step < event.total:
+            raise Cancelled(f"cancelled while {event.phase} {event.method or ''}".rstrip())
+
+
 class _Scorer:
     """Scores a task's evaluation samples: under the merged backbone, or the expert's / the base's own."""
 
@@ -191,6 +207,20 @@ class _Scorer:
         family = self.loaded.family
         return family.score(self.loaded.backbone if with_backbone else None, task.source, self.loaded.processor,
                             task.evaluation, self.options.batch_size, task.labels)
+
+    def references(self, experts: list[Expert], notify: _Notifier) -> tuple[dict, dict]:
+        """Each expert's own score and the base's under its head (progress: one step per model scored)."""
+        jobs = [(role, e) for role in ("expert", "base") for e in experts]
+        total = sum(e.evaluation is not None for _, e in jobs)
+        scores: dict[str, dict[str, float | None]] = {"expert": {}, "base": {}}
+        done = 0
+        for role, e in jobs:
+            if e.evaluation is not None:
+                notify(ProgressEvent("", done, total, f"{role} {e.name}", "references"))
+                done += 1
+            scores[role][e.name] = self.reference(e, role)
+        notify(ProgressEvent("", total, total, "", "references"))
+        return scores["expert"], scores["base"]
 
     def reference(self, task: Expert, role: str) -> float | None:
         """The expert's own score, or the base's under the expert's head: cached per process (score_cache)."""
@@ -213,20 +243,26 @@ class _Scorer:
 
 def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: list[Expert],
                      expert_scores: dict[str, float | None], tasks: list[EngineTask], calibration: EncodedSamples,
-                     config: MergeConfig, device: torch.device, progress: Callable[[ProgressEvent], None] | None,
-                     cancel: Callable[[], bool] | None) -> tuple[MethodReport, list[str]]:
+                     config: MergeConfig, device: torch.device, notify: _Notifier) -> tuple[MethodReport, list[str]]:
     """One method: merge into the backbone (in place), time it, score every task; returns its report and
     the layer groups' labels."""
     family = loaded.family
     memory = PeakMemory(device)
+    notify(ProgressEvent(method.name, 0, 0, "", "merge"))  # started; the engine knows the total after block 0
     began = time.perf_counter()
-    trace = merge(method, family, loaded.backbone, loaded.source, tasks, calibration, config.options, progress,
-                  cancel, memory)
+    trace = merge(method, family, loaded.backbone, loaded.source, tasks, calibration, config.options,
+                  notify.progress, notify.cancel, memory)
     seconds = time.perf_counter() - began
-    scores = {e.name: scorer.score(e, with_backbone=True) for e in experts}
+    scored = [e for e in experts if e.evaluation is not None]
+    scores: dict[str, float | None] = {e.name: None for e in experts}
+    for done, e in enumerate(scored):
+        notify(ProgressEvent(method.name, done, len(scored), e.name, "score"))
+        scores[e.name] = scorer.score(e, with_backbone=True)
+    notify(ProgressEvent(method.name, len(scored), len(scored), "", "score"))
     norm = {t: normalized(s, expert_scores[t], family.higher_is_better) for t, s in scores.items()}
     report = MethodReport(scores, norm, mean(list(scores.values())), mean(list(norm.values())), trace.shift,
-                          trace.block_shift, round(seconds, 3), memory.result(), trace.warnings, trace.merge_batch)
+                          trace.block_shift, round(seconds, 3), memory.result(), trace.warnings, trace.merge_batch,
+                          round(time.perf_counter() - began - seconds, 3))
     return report, trace.layers
 
 
@@ -242,7 +278,13 @@ def _encode_calibration(family: Family, processor, experts: list[Expert], max_le
 
 def _save_model(family: Family, backbone: torch.nn.Module, processor, config: MergeConfig,
                 experts: list[Expert], method: str, result: MethodReport, folder: Path) -> None:
-    backbone.save_pretrained(folder, max_shard_size="2GB", safe_serialization=True)
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its per-shard bar would interrupt the run's own progress
+    try:
+        backbone.save_pretrained(folder, max_shard_size="2GB", safe_serialization=True)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     processor.save_pretrained(folder)
     for e in experts:
         family.save_task_head(e.source, folder / "heads" / e.name, e.labels)

@@ -38,12 +38,24 @@ class EngineTask:
     weight: float = 1.0
 
 
+PHASES = ("references", "merge", "score", "save")
+
+
 @dataclass
 class ProgressEvent:
+    """Where a run is. Phases, in order: "references" (the experts and the base scored, method ""), then per
+    method "merge" (layer groups), "score" (the merged model on each task) and "save". A phase has ended at
+    step == total (for "merge", once total > 0)."""
+
     method: str
-    step: int  # layer groups done
-    total: int
-    label: str  # the group just merged
+    step: int  # units of the phase done: layer groups, models or tasks scored
+    total: int  # 0 at a merge's first event: not known until block 0's layer groups are found
+    label: str  # the unit just done (merge) or now running (the other phases)
+    phase: str = "merge"
+
+    @property
+    def ends_phase(self) -> bool:
+        return self.step == self.total and (self.total > 0 or self.phase != "merge")
 
 
 @dataclass

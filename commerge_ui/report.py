@@ -15,10 +15,11 @@ class MethodReport:
     average_normalized: float | None
     shift: dict[str, list[float]]  # task -> one value per entry of Report.layers
     block_shift: dict[str, list[float]]  # task -> one value per block output
-    seconds: float
+    seconds: float  # the merge alone (statistics, solves, shift), not the scoring
     peak_memory_bytes: int
     warnings: list[str] = field(default_factory=list)
     merge_batch: int | None = None  # samples per forward if the statistics were micro-batched; None: one pass
+    score_seconds: float | None = None  # scoring the merged model on every task's evaluation samples
 
 
 @dataclass

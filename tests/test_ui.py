@@ -84,11 +84,41 @@ def test_background_run_reports_progress_then_the_report(finished):
     last = updates[-1]
     assert last.error is None and last.report is not None
     assert set(last.report.methods) == {"com", "regmean", "average"}
-    assert "done in" in last.html() and last.html().count("<progress") == 3
+    page = last.html()
+    assert page.count("<progress") == 5  # overall, references, three methods
+    for method in ("com", "regmean", "average"):  # the times said are the table's
+        result = last.report.methods[method]
+        assert f"merged in {result.seconds:.1f} s, scored in {result.score_seconds:.1f} s" in page
     for name in ("report.json", "config.yaml", "samples/task0_calibration.jsonl", "com/config.json",
                  "average/config.json"):
         assert (session.run_folder / name).is_file(), name
     assert not session.running
+
+
+def test_progress_rows_phases_and_overall_eta_by_hand():
+    from commerge_ui.engine import ProgressEvent
+    from commerge_ui.ui.session import RunProgress
+
+    progress = RunProgress(["com", "average"])
+    for t, event in [(0, ProgressEvent("", 0, 2, "expert t0", "references")),
+                     (1, ProgressEvent("", 1, 2, "expert t1", "references")),
+                     (2, ProgressEvent("", 2, 2, "", "references")),
+                     (2, ProgressEvent("com", 0, 0, "", "merge")),
+                     (3, ProgressEvent("com", 1, 4, "layer.0.q"))]:
+        progress.on_event(event, now=t)
+    assert progress.rows[""].seconds == {"references": 2} and progress.rows[""].done
+    assert progress.rows["com"].eta(now=3) == 3.0  # 1 s per group, 3 left
+    assert progress.overall(now=3) == ((1 + 0.5 * 0.25 + 0) / 3, None)  # no method finished: no ETA yet
+    assert "time left known after the first method" in progress.html()
+    for t, event in [(6, ProgressEvent("com", 4, 4, "layer.1.out")), (6, ProgressEvent("com", 0, 2, "t0", "score")),
+                     (8, ProgressEvent("com", 2, 2, "", "score")), (8, ProgressEvent("average", 0, 0, "", "merge"))]:
+        progress.on_event(event, now=t)
+    assert progress.rows["com"].done and progress.rows["com"].seconds == {"merge": 4, "score": 2}
+    # average: CoM's merge time (4 s) minus the 1 s it has run, then CoM's scoring time (2 s)
+    assert progress.overall(now=9) == ((1 + 1 + 0) / 3, 5.0)
+    progress.error = "Cancelled: nothing was written"
+    page = progress.html()
+    assert "stopped while merging" in page and "ETA" not in page and "done: merged in 4.0 s, scored in 2.0 s" in page
 
 
 def test_result_views_follow_the_toggles(finished):

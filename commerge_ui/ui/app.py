@@ -297,8 +297,8 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
               export: _Export) -> None:
     form_inputs = [models.base, models.count, *models.names, *models.models, *samples.calibrations,
                    *samples.evaluations, *samples.class_names, run.methods, *run.options(), run.device, run.dtype]
-    run_outputs = [run.progress, results.status, results.report, results.json, results.shown, results.heat_method,
-                   *results.views, export.method, export.report_file, export.config_file]
+    run_outputs = [run.run, run.progress, results.status, results.report, results.json, results.shown,
+                   results.heat_method, *results.views, export.method, export.report_file, export.config_file]
 
     @_gpu
     def on_run(request: gr.Request, *values):
@@ -308,15 +308,18 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
         except InputError as err:
             yield {results.status: f"❌ {err}", run.progress: ""}
             return
+        yield {run.run: gr.update(interactive=False, value="Running…")}
         for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
             if update.report is None:
                 yield {run.progress: update.html(),
-                       results.status: update.error if update.error else f"⏳ {update.stage}"}
+                       results.status: update.error if update.error else f"⏳ {update.stage}",
+                       **({run.run: gr.update(interactive=True, value="Run")} if update.error else {})}
                 continue
             report = handlers.report_dict(update)
             method_choices = [(handlers.plots.title_of(m), m) for m in report["methods"]]
             first = next(iter(report["methods"]))
             yield {
+                run.run: gr.update(interactive=True, value="Run"),
                 run.progress: update.html(), results.status: "✅ done", results.report: report, results.json: report,
                 results.shown: gr.update(choices=["mean", *report["experts"]], value=["mean"]),
                 results.heat_method: gr.update(choices=method_choices, value=first),

@@ -71,64 +71,146 @@ class Sessions:
 
 
 @dataclass
-class MethodProgress:
+class PhaseRow:
+    """One row of the progress area: the references, or one method (its merge, scoring and saving)."""
+
+    title: str
+    phase: str = ""  # the phase now running ("" before it starts)
     step: int = 0
     total: int = 0
     label: str = ""
+    phase_began: float | None = None
     began: float | None = None
-    seconds: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds, once ended
+    done: bool = False
+
+    def start(self, phase: str, now: float) -> None:
+        self.phase, self.phase_began, self.step, self.total, self.label = phase, now, 0, 0, ""
+        self.began = self.began if self.began is not None else now
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left in the running phase, from its measured rate."""
+        if self.phase_began is None or not self.step or not self.total:
+            return None
+        return (now - self.phase_began) / self.step * (self.total - self.step)
+
+    def summary(self) -> str:
+        parts = [f"{_PAST[p]} in {self.seconds[p]:.1f} s" for p in ("references", "merge", "score", "save")
+                 if p in self.seconds]
+        return "done: " + ", ".join(parts) if parts else "done"
+
+
+_PAST = {"references": "scored", "merge": "merged", "score": "scored", "save": "saved"}
+_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring", "save": "saving"}
 
 
 @dataclass
 class RunProgress:
-    """What the page shows while a run goes: a bar per method, the current layer group and an ETA."""
+    """What the page shows while a run goes: the references' row and a row per method, each with its phase,
+    step and ETA; an overall bar whose ETA comes from the methods already finished."""
 
     methods: list[str]
     stage: str = "starting"
-    per_method: dict[str, MethodProgress] = field(init=False)
+    rows: dict[str, PhaseRow] = field(init=False)
     report: Report | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
-        self.per_method = {m: MethodProgress() for m in self.methods}
+        self.rows = {"": PhaseRow("Experts and base"), **{m: PhaseRow(title_of(m)) for m in self.methods}}
 
-    def on_event(self, event: ProgressEvent) -> None:
-        now = time.perf_counter()
-        current = self.per_method[event.method]
-        if current.began is None:
-            current.began = now
-            for method, other in self.per_method.items():  # the previous method has finished
-                if method != event.method and other.began is not None and other.seconds is None:
-                    other.seconds = now - other.began
-        current.step, current.total, current.label = event.step, event.total, event.label
+    def on_event(self, event: ProgressEvent, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        row = self.rows[event.method]
+        if row.phase != event.phase:
+            row.start(event.phase, now)
+            row.done = False
+        row.step, row.total, row.label = event.step, event.total, event.label
+        if event.ends_phase:
+            row.seconds[event.phase] = now - (now if row.phase_began is None else row.phase_began)
+            row.done = event.phase in ("references", "score", "save")  # a method is done once scored (or saved)
+            if row.done and event.phase == "score":
+                row.phase = ""
 
     def on_log(self, message: str) -> None:
         self.stage = message
 
-    def eta(self, method: str) -> float | None:
-        current = self.per_method[method]
-        if current.began is None or not current.step or not current.total:
-            return None
-        elapsed = time.perf_counter() - current.began
-        return elapsed / current.step * (current.total - current.step)
+    def finish(self, report: Report) -> None:
+        """The run's last word: the report's merge times replace the measured ones (they are the table's)."""
+        self.report, self.stage = report, "done"
+        for method, result in report.methods.items():
+            row = self.rows[method]
+            row.done, row.seconds["merge"] = True, result.seconds
+            if result.score_seconds is not None:
+                row.seconds["score"] = result.score_seconds
+        self.rows[""].done = True
+
+    def overall(self, now: float | None = None) -> tuple[float, float | None]:
+        """(fraction done, seconds left; None until a method has finished). The references count as one
+        method, a method's merge as half of it; methods not started take the mean time of those finished."""
+        now = time.perf_counter() if now is None else now
+        if self.report is not None:
+            return 1.0, 0.0
+        fraction = sum(1.0 if r.done else _share(r) for r in self.rows.values()) / len(self.rows)
+        finished = [r for k, r in self.rows.items() if k and r.done]
+        if not finished:
+            return fraction, None
+        merge = sum(r.seconds.get("merge", 0.0) for r in finished) / len(finished)
+        score = sum(r.seconds.get("score", 0.0) for r in finished) / len(finished)
+        left = 0.0
+        for key, row in self.rows.items():
+            if row.done:
+                continue
+            if row.began is None:
+                left += merge + score if key else 0.0
+            elif row.phase == "merge":
+                eta = row.eta(now)
+                ran = 0.0 if row.phase_began is None else now - row.phase_began
+                left += (max(merge - ran, 0.0) if eta is None else eta) + score
+            else:
+                left += row.eta(now) or 0.0
+        return fraction, left
 
     def html(self) -> str:
-        rows = []
-        for method, p in self.per_method.items():
-            if p.seconds is not None or (self.report is not None):
-                info = "done" + (f" in {p.seconds:.1f} s" if p.seconds is not None else "")
-                value, total = 1, 1
-            elif p.began is None:
-                info, value, total = "waiting", 0, 1
+        now = time.perf_counter()
+        fraction, left = self.overall(now)
+        if self.error:
+            overall = "stopped"
+        elif self.report is not None:
+            overall = "finished"
+        else:
+            overall = f"{100 * fraction:.0f} %" + (f" · about {_duration(left)} left" if left is not None
+                                                   else " · time left known after the first method")
+        rows = [f'<div class="cm-progress-row cm-overall"><b>Overall</b><progress value="{fraction:.3f}" max="1">'
+                f'</progress><span>{overall}</span></div>']
+        for key, row in self.rows.items():
+            if row.done or self.report is not None:
+                info, value, total = row.summary(), 1, 1
+            elif row.began is None:
+                info, value, total = ("stopped" if self.error else "waiting"), 0, 1
+            elif self.error:
+                info, value, total = f"stopped while {_RUNNING.get(row.phase, 'starting')}", row.step, max(row.total, 1)
             else:
-                eta = self.eta(method)
-                info = (f"{p.step}/{p.total} · {html.escape(p.label)}"
-                        + (f" · ETA {eta:.0f} s" if eta is not None else ""))
-                value, total = p.step, max(p.total, 1)
-            rows.append(f'<div class="cm-progress-row" data-method="{method}"><b>{html.escape(title_of(method))}</b>'
-                        f'<progress value="{value}" max="{total}"></progress><span>{info}</span></div>')
+                eta = row.eta(now)
+                what = _RUNNING.get(row.phase, "starting")
+                count = f" {row.step}/{row.total}" if row.total else ""
+                label = f" · {html.escape(row.label)}" if row.label else ""
+                info = f"{what}{count}{label}" + (f" · ETA {eta:.0f} s" if eta is not None else "")
+                value, total = row.step, max(row.total, 1)
+            rows.append(f'<div class="cm-progress-row" data-method="{key or "references"}">'
+                        f'<b>{html.escape(row.title)}</b><progress value="{value}" max="{total}"></progress>'
+                        f'<span>{info}</span></div>')
         status = html.escape(self.error or self.stage)
         return f'<div class="cm-progress"><p class="cm-stage">{status}</p>{"".join(rows)}</div>'
+
+
+def _share(row: PhaseRow) -> float:
+    """How much of its row a running phase has done."""
+    part = row.step / row.total if row.total else 0.0
+    return {"references": part, "merge": 0.5 * part, "score": 0.5 + 0.5 * part, "save": 1.0}.get(row.phase, 0.0)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def run_in_background(config: MergeConfig, session: Session, save: list[str], device: str, dtype: str,
@@ -181,9 +263,7 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
             elif kind == "log":
                 progress.on_log(payload)
             elif kind == "report":
-                progress.report, progress.stage = payload, "done"
-                for method, result in payload.methods.items():
-                    progress.per_method[method].seconds = result.seconds
+                progress.finish(payload)
                 yield progress
                 return
             elif kind == "error":
