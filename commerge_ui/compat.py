@@ -43,7 +43,10 @@ def check_expert(who: str, folder: Path, source: ModelSource, expected: dict[str
         if len(problems) == 3:
             break
     if problems:
-        raise InputError(f"{who}: {family.part} does not match the base's: {'; '.join(problems)}")
+        from .model_info import fit_problems, inspect_model  # the page's check, for the same words
+
+        described = fit_problems(inspect_model(str(base_folder)), inspect_model(str(folder)))
+        raise InputError(f"{who}: does not match the base: {'; '.join(described or problems)}")
 
 
 def is_unchanged(expert: ModelSource, base: ModelSource, names: list[str]) -> bool:

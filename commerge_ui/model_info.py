@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -33,6 +33,7 @@ class ModelInfo:
     architectures: list[str]
     family: str
     shapes: dict[str, tuple[int, ...]]
+    config: dict = field(default_factory=dict)  # config.json
 
     @property
     def parameters(self) -> int:
@@ -61,7 +62,45 @@ def inspect_model(ref: str, revision: str | None = None, token: str | None = Non
     else:
         raise InputError(f"{ref}: no such folder, and not a Hub model id")
     return ModelInfo(ref, config.get("model_type", "?"), list(config.get("architectures") or []),
-                     guess_family(config), shapes)
+                     guess_family(config), shapes, config)
+
+
+# The config values that fix a model's tensor shapes, under the names the architectures use, in words.
+STRUCTURE = [(("hidden_size", "n_embd", "d_model", "dim"), "hidden size"),
+             (("num_hidden_layers", "n_layer", "num_layers"), "layers"),
+             (("num_attention_heads", "n_head"), "attention heads"),
+             (("num_key_value_heads",), "key-value heads"),
+             (("intermediate_size", "n_inner", "ffn_dim"), "MLP width"),
+             (("vocab_size",), "vocabulary")]
+
+
+def config_differences(base: dict, expert: dict) -> list[str]:
+    """The structural config values that differ, in words ("hidden size 48, the base has 32"); a CLIP expert
+    saved as a vision tower is compared with the base's vision_config."""
+    if "vision_config" in base and "vision_config" not in expert and expert.get("model_type") == "clip_vision_model":
+        return [f"vision tower's {d}" for d in config_differences(base["vision_config"], expert)]
+    out = []
+    for section in ("text_config", "vision_config"):
+        if isinstance(base.get(section), dict) and isinstance(expert.get(section), dict):
+            out += [f"{section.split('_')[0]} tower's {d}" for d in config_differences(base[section], expert[section])]
+    for keys, words in STRUCTURE:
+        key = next((k for k in keys if k in base or k in expert), None)
+        if key is not None and base.get(key) != expert.get(key):
+            out.append(f"{words} {_value(expert.get(key))}, the base has {_value(base.get(key))}")
+    return out
+
+
+def fit_problems(base: ModelInfo, expert: ModelInfo, limit: int = 3) -> list[str]:
+    """Why `expert` cannot be merged into `base`, the cause first: a differing architecture, else the differing
+    config values (hidden size, layers, heads, vocabulary), then the first tensors that differ."""
+    tensors = compare_to_base(base, expert, limit)
+    if not tensors or tensors[0].startswith("architecture") or tensors[0] == FULL_CLIP_NEEDED:
+        return tensors
+    return config_differences(base.config, expert.config) + tensors
+
+
+def _value(value: object) -> str:
+    return "unset" if value is None else str(value)
 
 
 def compare_to_base(base: ModelInfo, expert: ModelInfo, limit: int = 3) -> list[str]:

@@ -113,7 +113,9 @@ def test_mismatched_expert_is_refused_and_nothing_is_written(tmp_path, tiny, cap
     code = main(["merge", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "expert 'task1'" in err and "'embeddings.word_embeddings.weight' has shape [41, 48], base has [41, 32]" in err
+    assert err.startswith(f"error: expert 'task1' ({tmp_path / 'wide'}): does not match the base: hidden size 48, "
+                          "the base has 32; MLP width 96, the base has 64; 'embeddings.LayerNorm.bias' has shape "
+                          "[48], base has [32]")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 
 

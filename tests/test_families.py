@@ -217,7 +217,8 @@ def test_a_vision_tower_of_another_width_is_refused_clearly(tmp_path):
     wide.save_pretrained(other.root / "wide")
     config = setup.config(methods=["average"])
     config["experts"][0]["model"] = str(other.root / "wide")
-    with pytest.raises(InputError, match=r"vision tower does not match the base's: 'vision_model\..*' has shape"):
+    with pytest.raises(InputError, match=r"does not match the base: vision tower's hidden size 48, the base has "
+                                         r"\d+; .*'vision_model\..*' has shape"):
         run_merge(parse_config(config))
     base = inspect_model(str(setup.base))
     assert compare_to_base(base, inspect_model(str(setup.experts["task1"]))) == []  # a CLIPVisionModel expert

@@ -6,7 +6,10 @@ import pytest
 from transformers import BertModel
 
 from commerge_ui.errors import InputError
-from commerge_ui.model_info import compare_to_base, inspect_model
+from commerge_ui.api import run_merge
+from commerge_ui.config import parse_config
+from commerge_ui.model_info import compare_to_base, config_differences, fit_problems, inspect_model
+from commerge_ui.ui.form import model_message
 
 from conftest import bert_config, make_base
 
@@ -31,6 +34,31 @@ def test_different_width_names_the_first_tensors(tmp_path, tiny):
     problems = compare_to_base(inspect_model(str(tiny.base)), inspect_model(str(tmp_path / "wide")))
     assert len(problems) == 3
     assert problems[0] == "'embeddings.LayerNorm.bias' has shape [48], base has [32]"
+
+
+def test_the_differing_config_values_come_first_and_the_page_and_the_run_say_the_same(tmp_path, tiny):
+    make_base(tmp_path / "shallow", layers=1)
+    shallow = fit_problems(inspect_model(str(tiny.base)), inspect_model(str(tmp_path / "shallow")))
+    assert shallow[0] == "layers 1, the base has 2" and "encoder.layer.1." in shallow[1]
+    make_base(tmp_path / "wide", hidden=48)
+    message = model_message(str(tmp_path / "wide"), str(tiny.base))
+    assert message.startswith("❌ ") and "does not match the base: hidden size 48, the base has 32; " in message
+    config = tiny.config(methods=["average"])
+    config["experts"][0]["model"] = str(tmp_path / "wide")
+    with pytest.raises(InputError) as refused:
+        run_merge(parse_config(config))
+    assert str(refused.value).split("does not match the base: ")[1] == message.split("does not match the base: ")[1]
+    assert fit_problems(inspect_model(str(tiny.base)), inspect_model(str(tiny.experts["task1"]))) == []
+
+
+def test_config_differences_by_hand():
+    base = {"model_type": "llama", "hidden_size": 576, "num_key_value_heads": 3, "vocab_size": 49152}
+    assert config_differences(base, {**base, "num_key_value_heads": 9, "vocab_size": 49153}) == [
+        "key-value heads 9, the base has 3", "vocabulary 49153, the base has 49152"]
+    assert config_differences({"n_embd": 32, "n_layer": 2}, {"n_embd": 32}) == ["layers unset, the base has 2"]
+    clip = {"model_type": "clip", "vision_config": {"hidden_size": 32}, "text_config": {"hidden_size": 32}}
+    assert config_differences(clip, {"model_type": "clip_vision_model", "hidden_size": 48}) == [
+        "vision tower's hidden size 48, the base has 32"]
 
 
 def test_different_depth_is_reported_as_missing_layers(tmp_path, tiny):

@@ -16,7 +16,7 @@ from PIL import Image
 from ..config import MergeConfig, load_config, parse_config
 from ..demo import demo_of
 from ..errors import InputError
-from ..model_info import ModelInfo, compare_to_base, inspect_model
+from ..model_info import ModelInfo, fit_problems, inspect_model
 from ..images import open_rgb
 from ..samples import Sample, read_samples
 from ..sources import is_repo_id
@@ -60,7 +60,7 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
 
 
 def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
-    problems = compare_to_base(base, info)
+    problems = fit_problems(base, info)
     if problems:
         return f"❌ {info.summary()} · does not match the base: {'; '.join(problems)}"
     return f"✅ {info.summary()} · matches the base"
