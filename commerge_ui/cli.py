@@ -26,40 +26,101 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--device", default="auto", help="auto | cpu | cuda")
     merge.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     merge.add_argument("--force", action="store_true", help="replace an existing output folder")
-    merge.add_argument("--quiet", action="store_true", help="print only the summary")
+    shown = merge.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print only the summary")
+    shown.add_argument("--verbose", action="store_true", help="also print every layer group and stage")
+    merge.add_argument("--json", action="store_true",
+                       help="print the report as JSON on stdout instead of the table (progress stays on stderr)")
     return parser
 
 
 class ProgressPrinter:
-    """One line per layer group on stderr, with an ETA for the current method."""
+    """Progress on stderr: a live bar per phase on a terminal, one line per finished phase (the references
+    scored; per method, merge and scoring times), and with --verbose every layer group and stage as well."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.method, self.began = quiet, "", time.perf_counter()
+    def __init__(self, quiet: bool = False, verbose: bool = False, live: bool | None = None) -> None:
+        self.quiet, self.verbose = quiet, verbose
+        self.live = sys.stderr.isatty() if live is None else live
+        self.key: tuple[str, str] | None = None
+        self.began = time.perf_counter()
+        self.bar = None
+        self.merge_seconds: dict[str, float] = {}
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.method != self.method:
-            self.method, self.began = event.method, time.perf_counter()
+        key = (event.method, event.phase)
+        if key != self.key:
+            self._close()
+            self.key, self.began = key, time.perf_counter()
+            if self.live and not self.quiet:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.total, desc=_describe(event), unit=_UNITS[event.phase], leave=False,
+                                file=sys.stderr, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.total, self.bar.n = event.total or None, event.step
+            self.bar.set_postfix_str(event.label[-40:], refresh=True)
+        if self.verbose and event.phase == "merge" and event.step:
+            elapsed = time.perf_counter() - self.began
+            eta = elapsed / event.step * (event.total - event.step) if event.step else 0.0
+            self._print(f"  {event.method}: {event.step}/{event.total} {event.label} (eta {eta:.0f}s)")
+        if event.ends_phase:
+            self._finished(event, time.perf_counter() - self.began)
+
+    def _finished(self, event: ProgressEvent, seconds: float) -> None:
+        self._close()
+        self.key = None
+        if event.phase == "references" and event.total:
+            self._print(f"scored the experts and the base ({event.total} models) in {seconds:.1f}s")
+        elif event.phase == "merge":
+            self.merge_seconds[event.method] = seconds
+        elif event.phase == "score":
+            merged = self.merge_seconds.get(event.method, 0.0)
+            scored = f", scored {event.total} tasks in {seconds:.1f}s" if event.total else ""
+            self._print(f"{event.method}: merged in {merged:.1f}s{scored}")
+        elif event.phase == "save" and self.verbose:
+            self._print(f"{event.method}: saved in {seconds:.1f}s")
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _print(self, message: str) -> None:
         if self.quiet:
             return
-        elapsed = time.perf_counter() - self.began
-        eta = elapsed / event.step * (event.total - event.step) if event.step else 0.0
-        print(f"  {event.method}: {event.step}/{event.total} {event.label} (eta {eta:.0f}s)", file=sys.stderr)
+        if self.bar is not None:
+            self.bar.clear()
+        print(message, file=sys.stderr, flush=True)
 
     def log(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr)
+        """Stages ("resolving", "merging with"): only with --verbose."""
+        if self.verbose:
+            self._print(message)
+
+    def say(self, message: str) -> None:
+        """What the user must hear unless --quiet (a demo being built on first use)."""
+        self._print(message)
+
+
+_UNITS = {"references": "model", "merge": "group", "score": "task", "save": "model"}
+_VERBS = {"references": "scoring experts and base", "merge": "merging", "score": "scoring", "save": "saving"}
+
+
+def _describe(event: ProgressEvent) -> str:
+    verb = _VERBS[event.phase]
+    return f"{event.method}: {verb}" if event.method else verb
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    printer = ProgressPrinter(args.quiet)
+    printer = ProgressPrinter(quiet=args.quiet, verbose=args.verbose)
     try:
         from .api import run_merge  # heavy imports after argument parsing
 
         config = load_config(args.config)
         for demo in unbuilt_demos(config):
-            printer.log(f"first use of the demo's models on this machine: building them ({demo.build_note})")
-            demo.ensure(printer.log)
+            printer.say(f"first use of the demo's models on this machine: building them ({demo.build_note})")
+            demo.ensure(printer.say)
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:
             report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,
@@ -78,29 +139,38 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err.__class__.__name__}: {err} (set COMMERGE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+    if args.json:
+        print(report.to_json())
+        return 0
     print(summary(report.to_json()), end="")
     print(f"wrote {args.out}/report.json" + "".join(f" and {args.out}/{m}/" for m in save))
     return 0
 
 
 def summary(report_json: str) -> str:
-    """A short score and shift table for the terminal."""
+    """A short score and shift table for the terminal: accuracy in %, perplexity as is, one decimal; the
+    normalized average in % of the experts; the merge's own seconds (scoring excluded)."""
     import json
 
     report = json.loads(report_json)
     tasks = list(report["experts"])
-    lines = [f"{'method':<16}" + "".join(f"{t[:12]:>13}" for t in tasks) + f"{'avg':>9}{'norm':>8}{'shift@last':>12}{'sec':>8}"]
-    lines.append(f"{'expert':<16}" + "".join(f"{_fmt(report['experts'][t]['score']):>13}" for t in tasks))
+    percent = report.get("metric") != "perplexity"
+
+    def fmt(value: float | None, scale: bool = percent) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}" if scale else f"{value:.1f}"
+
+    lines = [f"scores ({report.get('metric', 'score')}{', %' if percent else ''}); norm: % of the experts' score; "
+             "shift@last: last layer group, mean over tasks; sec: the merge alone",
+             f"{'method':<16}" + "".join(f"{t[:12]:>13}" for t in tasks) + f"{'avg':>9}{'norm':>8}{'shift@last':>12}"
+             f"{'sec':>8}"]
+    lines.append(f"{'expert':<16}" + "".join(f"{fmt(report['experts'][t]['score']):>13}" for t in tasks))
     for name, m in report["methods"].items():
         last = [s[-1] for s in m["shift"].values() if s]
         shift = sum(last) / len(last) if last else float("nan")
-        lines.append(f"{name:<16}" + "".join(f"{_fmt(m['scores'][t]):>13}" for t in tasks)
-                     + f"{_fmt(m['average_score']):>9}{_fmt(m['average_normalized']):>8}{shift:>12.4f}{m['seconds']:>8.1f}")
+        lines.append(f"{name:<16}" + "".join(f"{fmt(m['scores'][t]):>13}" for t in tasks)
+                     + f"{fmt(m['average_score']):>9}{fmt(m['average_normalized'], True):>8}{shift:>12.3f}"
+                       f"{m['seconds']:>8.1f}")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

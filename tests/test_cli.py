@@ -1,6 +1,7 @@
 """The CLI round trip: a loadable merged model, a schema-valid report, exit codes, atomic output."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -93,6 +94,37 @@ def test_task_model_reproduces_the_reported_score(round_trip, tiny):
         predictions = model(**batch.inputs).logits.argmax(-1)
     accuracy = float((predictions == torch.tensor([s.label for s in samples])).float().mean())
     assert accuracy == pytest.approx(report["methods"]["com"]["scores"]["task1"])
+
+
+def test_default_output_is_one_line_per_phase_and_the_table(round_trip, tiny):
+    """5 methods, 3 tasks: the references line, a line per method with its merge and scoring times, the table."""
+    _, done = round_trip
+    err = done.stderr.strip().splitlines()
+    assert err[0].startswith("scored the experts and the base (6 models) in ")
+    assert [line.split(":")[0] for line in err[1:]] == ["com", "regmean", "task_arithmetic", "ties", "average"]
+    assert all(re.fullmatch(r"\w+: merged in \d+\.\ds, scored 3 tasks in \d+\.\ds", line) for line in err[1:])
+    assert len(err) + len(done.stdout.strip().splitlines()) <= 20
+    table = done.stdout.splitlines()
+    expert = json.loads((round_trip[0] / "report.json").read_text())["experts"]["task0"]["score"]
+    assert table[2].split()[:2] == ["expert", f"{100 * expert:.1f}"]  # accuracy in %, one decimal
+
+
+def test_verbose_prints_every_layer_group_and_json_parses(tiny, tmp_path):
+    config = tiny.write_config("v.yaml", methods=["com", "average"])
+    verbose = commerge("merge", config, "--out", tmp_path / "v", "--device", "cpu", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    groups = len(report["layers"])
+    for method in ("com", "average"):
+        lines = re.findall(rf"^  {method}: (\d+)/(\d+) ", verbose.stderr, flags=re.M)
+        assert [int(step) for step, _ in lines] == list(range(1, groups + 1))
+    assert "resolving base" in verbose.stderr
+    done = commerge("merge", config, "--out", tmp_path / "j", "--device", "cpu", "--json", "--quiet")
+    assert done.returncode == 0 and done.stderr == ""
+    parsed = json.loads(done.stdout)
+    jsonschema.validate(parsed, REPORT_SCHEMA)
+    assert parsed["methods"]["com"]["scores"] == json.loads((tmp_path / "j" / "report.json").read_text())[
+        "methods"]["com"]["scores"]
 
 
 def test_existing_output_is_never_overwritten_without_force(round_trip, tiny):
