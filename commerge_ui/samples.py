@@ -135,12 +135,30 @@ def _parse_entries(text: str, suffix: str, source: str, root: Path) -> list[Samp
         return [_from_record(_json_line(line, n, source), f"{source}:{n}", root)
                 for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if suffix == ".csv":
-        try:
-            rows = list(csv.DictReader(io.StringIO(text)))
-        except csv.Error as err:
-            raise InputError(f"{source}: malformed CSV ({err})") from None
-        return [_from_record(row, f"{source}:{n}", root) for n, row in enumerate(rows, 2)]
+        return [_from_record(row, where, root) for where, row in _csv_rows(text, source)]
     raise InputError(f"{source}: unsupported sample format '{suffix}'")
+
+
+def _csv_rows(text: str, source: str) -> list[tuple[str, dict]]:
+    """(where, row) per CSV record; a parse error or a record whose field count differs from the header's is
+    refused with its line (an unterminated quote would otherwise swallow the rest of the file into one field)."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    rows: list[tuple[str, dict]] = []
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        for record in reader:
+            where = f"{source}:{reader.line_num}"
+            if not record:
+                continue
+            if len(record) != len(header):
+                raise InputError(f"{where}: {len(record)} fields, the header has {len(header)} "
+                                 f"({', '.join(header)}); is a quote or a comma unbalanced?")
+            rows.append((where, dict(zip(header, record))))
+    except csv.Error as err:
+        raise InputError(f"{source}:{reader.line_num}: malformed CSV ({err}); is a quote left open?") from None
+    return rows
 
 
 def _json_line(line: str, number: int, source: str) -> object:
