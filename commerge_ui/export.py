@@ -63,8 +63,13 @@ def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
                 update[kind] = f"samples/{copy.name}"
         experts.append(expert.model_copy(update=update))
     path = folder / "config.yaml"
-    path.write_text(config_to_yaml(config.model_copy(update={"experts": experts})), encoding="utf-8")
+    path.write_text(BUNDLE_NOTE + config_to_yaml(config.model_copy(update={"experts": experts})), encoding="utf-8")
     return path
+
+
+BUNDLE_NOTE = ("# commerge_ui run config. Its sample paths (samples/...) are relative to this file and travel in the\n"
+               "# config bundle (config-bundle.zip): unzip it, then `commerge merge config.yaml --out DIR`.\n"
+               "# Model paths are as the run saw them: Hub ids work anywhere, local folders only where they exist.\n")
 
 
 def _named_images(source: Path) -> list[Sample]:

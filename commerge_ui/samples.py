@@ -38,7 +38,9 @@ def read_samples(path: str | Path, limit: int | None = None, seed: int = 0, need
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: sample file not found")
+        hint = (" (a bundle's config: unzip config-bundle.zip, which holds samples/, and run the config.yaml inside)"
+                if path.parent.name == "samples" else "")
+        raise InputError(f"{path}: sample file not found{hint}")
     with ExitStack() as stack:
         if path.is_dir():
             entries: list[Sample | ImageRef] = list(folder_images(path))

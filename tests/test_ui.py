@@ -1,6 +1,7 @@
 """The app's handlers as plain functions: form checks, config building, the background run, views, export."""
 
 import json
+import shutil
 import threading
 import zipfile
 
@@ -135,8 +136,14 @@ def test_result_views_follow_the_toggles(finished):
     assert len(views.bars.data) == 5 and list(views.costs["method"])[0] == "Chain of Merges"
 
 
-def test_exports_reproduce_the_run_with_the_cli(finished, tmp_path):
+def test_exports_reproduce_the_run_with_the_cli(finished, tmp_path, capsys):
     _, session, _ = finished
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(session.run_folder / "config.yaml", alone)  # without the bundle's samples/: says what to do
+    assert (alone / "config.yaml").read_text().startswith("# commerge_ui run config.")
+    assert cli_main(["merge", str(alone / "config.yaml"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "sample file not found (a bundle's config: unzip config-bundle.zip" in capsys.readouterr().err
     with zipfile.ZipFile(handlers.zip_model(session, "com")) as archive:
         assert {"config.json", "model.safetensors", "README.md", "heads/task0/config.json"} <= set(archive.namelist())
     with zipfile.ZipFile(handlers.zip_config_bundle(session)) as archive:
