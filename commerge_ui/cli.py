@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -12,6 +13,7 @@ from .config import load_config
 from .demo import unbuilt_demos
 from .engine import ProgressEvent
 from .errors import Cancelled, InputError, MergeError
+from .report import verdict
 from .export import atomic_folder
 
 
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.to_json())
         return 0
     print(summary(report.to_json()), end="")
+    print("verdict: " + verdict(json.loads(report.to_json())))
     print(f"wrote {args.out}/report.json" + "".join(f" and {args.out}/{m}/" for m in save))
     return 0
 
@@ -150,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 def summary(report_json: str) -> str:
     """A short score and shift table for the terminal: accuracy in %, perplexity as is, one decimal; the
     normalized average in % of the experts; the merge's own seconds (scoring excluded)."""
-    import json
-
     report = json.loads(report_json)
     tasks = list(report["experts"])
     percent = report.get("metric") != "perplexity"

@@ -69,7 +69,7 @@ def tiny_app(tiny_deep, tmp_path_factory):
 def test_api_runs_a_merge_and_returns_plots_and_report(tiny_app):
     config, client = tiny_app
     out = outputs_by_name(client.predict(*run_args(config, ["com", "regmean"], 24, 16), api_name="/run"))
-    assert out["status"] == "✅ done"
+    assert out["status"].startswith("✅ done · best average accuracy")
     report = json.loads(Path(out["report_file"]).read_text())
     assert report == out["report"]
     assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
@@ -114,7 +114,7 @@ def test_two_sessions_merge_one_at_a_time_in_separate_folders(tiny_app, monkeypa
     jobs = [Client(url, verbose=False).submit(*run_args(config, ["regmean"], 24, 16), api_name="/run")
             for _ in range(2)]
     outs = [outputs_by_name(job.result(timeout=300)) for job in jobs]
-    assert [o["status"] for o in outs] == ["✅ done", "✅ done"]
+    assert [o["status"].split(" · ")[0] for o in outs] == ["✅ done", "✅ done"]
     (a_start, a_end, a_dir), (b_start, b_end, b_dir) = sorted(spans)
     assert a_end <= b_start, "two merges ran at the same time"
     assert Path(a_dir).parent != Path(b_dir).parent  # separate session folders
@@ -132,10 +132,10 @@ def test_the_app_merges_clip_and_causal_lm_experts_too(family, tmp_path):
             args[2 + 4 * MAX_EXPERTS] = "red, green, blue"  # expert 1's class names, in the order given
         client = Client(url, verbose=False)
         out = outputs_by_name(client.predict(*args, api_name="/run"))
-        model_zip = client.predict("com", api_name="/zip_model")[0] if out["status"] == "✅ done" else None
+        model_zip = client.predict("com", api_name="/zip_model")[0] if out["status"].startswith("✅ done") else None
     finally:
         app.close()
-    assert out["status"] == "✅ done", out["status"]
+    assert out["status"].startswith("✅ done"), out["status"]
     report = out["report"]
     assert report["family"] == family and set(report["methods"]) == {"com", "regmean"}
     assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
@@ -182,12 +182,23 @@ def test_demo_in_the_browser(demo_app, browser):
     page.goto(demo_app)
     page.wait_for_selector("#run")
     assert "matches the base" in page.inner_text("#expert-3-status")
+    for baseline in ("Task arithmetic", "Average"):  # ticked by default; unticked here to keep CI's time
+        box = page.get_by_label(baseline, exact=True)
+        assert box.is_checked()
+        box.uncheck()
     page.click("#run")
-    page.wait_for_selector("#progress progress", timeout=120_000)
-    page.wait_for_selector("#shift-plot .js-plotly-plot .scatterlayer .trace", timeout=900_000)
+    page.wait_for_selector("#run:disabled", timeout=30_000)  # no second run while one goes
+    page.wait_for_function("(document.querySelector('#progress [data-method=references]') || {innerText: ''})"
+                           ".innerText.includes('scoring')", timeout=120_000)  # scoring the experts: shown
     SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "demo_running.png"))
+    page.wait_for_selector("#shift-plot .js-plotly-plot .scatterlayer .trace", timeout=900_000)
+    page.wait_for_selector("#run:enabled", timeout=30_000)
     page.screenshot(path=str(SCREENSHOTS / "demo_results.png"), full_page=True)
     assert page.locator("#shift-plot .scatterlayer .trace").count() == 2  # CoM and RegMean, mean over tasks
+    assert "How to read this" in page.inner_text("#how-to-read")
+    assert "last-layer shift: Chain of Merges" in page.inner_text("#run-status")
+    assert "★ best" in page.inner_text("#scores")
     assert page.locator("#heatmap .heatmaplayer, #heatmap .hm, #heatmap image").count() >= 1
     table = page.inner_text("#scores")
     for row in ("base", "experts", "Chain of Merges", "RegMean"):

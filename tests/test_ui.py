@@ -132,7 +132,14 @@ def test_result_views_follow_the_toggles(finished):
     assert [t.name for t in views.shift.data] == ["Chain of Merges · task1", "RegMean · task1", "Average · task1"]
     assert list(views.heatmap.data[0].y) == ["task0", "task1"]
     assert list(views.scores["model"]) == ["base", "experts", "Chain of Merges", "RegMean", "Average"]
-    assert list(views.scores.iloc[1, 1:]) == [1.0, 1.0, 1.0]  # experts normalized to themselves
+    assert list(views.scores.iloc[1, 1:]) == ["100.0", "100.0", "100.0"]  # experts normalized to themselves, in %
+    assert list(views.scores.columns) == ["model", "task0 (%)", "task1 (%)", "average (%)"]
+    for column in views.scores.columns[1:]:  # the best merge of each column is marked, and only merges
+        marked = [row for row, cell in zip(views.scores["model"], views.scores[column]) if cell.endswith("★ best")]
+        assert marked and not {"base", "experts"} & set(marked)
+        best = max(float(c.split()[0]) for c in views.scores[column][2:])
+        assert all(float(views.scores[column][list(views.scores["model"]).index(m)].split()[0]) == best
+                   for m in marked)
     assert len(views.bars.data) == 5 and list(views.costs["method"])[0] == "Chain of Merges"
 
 
@@ -283,3 +290,23 @@ def test_evaluation_labels_are_asked_for_unless_the_base_is_a_causal_lm(tiny, tm
     unlabelled = str(lm.calibration["task0"])
     assert sample_preview(unlabelled, evaluation_needs_labels(str(lm.base)))[1].startswith("✅")
     assert "has no label" in sample_preview(unlabelled, evaluation_needs_labels(str(tiny.base)))[1]
+
+
+def test_verdict_by_hand():
+    from commerge_ui.report import verdict
+
+    def method(score: float, last_shift: float) -> dict:
+        return {"average_score": score, "shift": {"a": [0.01, last_shift], "b": [0.02, last_shift]}}
+
+    report = {"metric": "accuracy", "higher_is_better": True,
+              "experts": {"a": {"score": 0.9}, "b": {"score": 0.7}},
+              "methods": {"com": method(0.78, 0.05), "regmean": method(0.79, 0.4), "average": method(0.62, 0.8)}}
+    assert verdict(report) == ("best average accuracy: regmean 79.0 % (experts 80.0 %) · last-layer shift: com "
+                               "0.050 vs regmean 0.400 (8.0× lower) · worst: average 62.0 %, 18.0 points below "
+                               "the experts")
+    lm = {**report, "metric": "perplexity", "higher_is_better": False,
+          "experts": {"a": {"score": 20.0}, "b": {"score": 40.0}},
+          "methods": {"com": method(35.0, 0.3), "regmean": method(33.0, 0.15)}}
+    assert verdict(lm, {"com": "CoM"}) == ("best mean perplexity: regmean 33.0 (experts 30.0) · last-layer shift: "
+                                           "CoM 0.300 vs regmean 0.150 (2.0× higher) · worst: CoM 35.0, +5.0 "
+                                           "perplexity vs the experts")

@@ -197,19 +197,30 @@ class _Results:
     views: list  # shift plot, heatmap, scores, bars, costs, warnings: what result_views fills
 
 
+HOW_TO_READ = """**How to read this.** Each line is one merge. At each layer, the *covariate shift* is how far
+the inputs the layer receives in the merged model (X̂) are from those it receives in the expert (X):
+‖X̂ − X‖ / ‖X‖ on the calibration samples, mean over tasks. 0: the layer sees exactly what the expert would.
+
+Independent merges (RegMean, averaging) let the shift grow with depth, because each layer is merged as if
+the layers before it were the expert's. Chain of Merges fits every layer to the inputs the merged model
+really produces, so its curve should stay lower towards the last layers. A lower curve means a closer match
+to the experts on these samples, not by itself a higher score: read it with the scores below."""
+
+
 def _results_section() -> _Results:
     gr.Markdown("## 4 · Results")
     report = gr.State(None)
     status = gr.Markdown("", elem_id="run-status")
     with gr.Row():
         shown = gr.CheckboxGroup(["mean"], value=["mean"], label="Shift curves: mean over tasks and/or each task")
-    shift_plot = gr.Plot(label="Covariate shift per layer", elem_id="shift-plot")
+    with gr.Row():
+        shift_plot = gr.Plot(label="Covariate shift per layer", elem_id="shift-plot", scale=3)
+        gr.Markdown(HOW_TO_READ, elem_id="how-to-read")
     heat_method = gr.Radio([], label="Heatmap of method", value=None)
     heatmap = gr.Plot(label="Shift per task and layer", elem_id="heatmap")
     normalized = gr.Radio([("raw scores", False), ("normalized to each expert", True)], value=False, label="Scores")
-    with gr.Row():
-        scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False)
-        bars = gr.Plot(label="Scores per task", elem_id="bars")
+    scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False, wrap=True)
+    bars = gr.Plot(label="Scores per task", elem_id="bars")
     costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False)
     warnings = gr.Markdown("")
     with gr.Accordion("report.json", open=False):
@@ -312,7 +323,7 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
         for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
             if update.report is None:
                 yield {run.progress: update.html(),
-                       results.status: update.error if update.error else f"⏳ {update.stage}",
+                       results.status: update.error if update.error else f"running: {update.stage}",
                        **({run.run: gr.update(interactive=True, value="Run")} if update.error else {})}
                 continue
             report = handlers.report_dict(update)
@@ -320,7 +331,7 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
             first = next(iter(report["methods"]))
             yield {
                 run.run: gr.update(interactive=True, value="Run"),
-                run.progress: update.html(), results.status: "✅ done", results.report: report, results.json: report,
+                run.progress: update.html(), results.status: handlers.verdict_line(report), results.report: report, results.json: report,
                 results.shown: gr.update(choices=["mean", *report["experts"]], value=["mean"]),
                 results.heat_method: gr.update(choices=method_choices, value=first),
                 **_views_update(handlers.result_views(report, ["mean"], "com", False), results.views),

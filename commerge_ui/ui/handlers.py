@@ -17,12 +17,13 @@ from ..demo import unbuilt_demos
 from ..errors import InputError
 from ..hub import push_folder, search_models
 from ..methods import METHODS
+from ..report import verdict
 from . import plots
 from .form import ExpertForm, form_config
 from .session import RunProgress, Session, run_in_background
 
 MAX_EXPERTS = 8
-DEFAULT_METHODS = ["com", "regmean"]
+DEFAULT_METHODS = ["com", "regmean", "task_arithmetic", "average"]  # the baselines show what the others gain
 
 
 @dataclass
@@ -114,7 +115,7 @@ def result_views(report: dict, shown: list[str], heat_method: str | None, normal
     """Every figure and table of the results section for the current toggles."""
     tasks = [t for t in shown if t != "mean"]
     heat_method = heat_method if heat_method in report["methods"] else next(iter(report["methods"]))
-    header, rows = plots.score_rows(report, normalized)
+    header, rows = plots.score_table(report, normalized)
     cost_header, cost_rows = plots.cost_rows(report)
     warnings = [*report["warnings"], *(w for m in report["methods"].values() for w in m["warnings"])]
     return ResultViews(
@@ -125,6 +126,12 @@ def result_views(report: dict, shown: list[str], heat_method: str | None, normal
         costs=pd.DataFrame(cost_rows, columns=cost_header),
         warnings="\n".join(f"⚠️ {w}" for w in warnings),
     )
+
+
+def verdict_line(report: dict) -> str:
+    """The status after a run: done, and the one-line verdict with the methods' titles."""
+    line = verdict(report, {m: plots.title_of(m) for m in report["methods"]})
+    return f"✅ done · {line}" if line else "✅ done"
 
 
 def report_dict(progress: RunProgress) -> dict:

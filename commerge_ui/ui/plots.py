@@ -93,6 +93,29 @@ def score_rows(report: dict, normalized: bool = False) -> tuple[list[str], list[
     return ["model", *tasks, "average"], rows
 
 
+def score_table(report: dict, normalized: bool = False) -> tuple[list[str], list[list[str]]]:
+    """score_rows as a reader wants them: accuracy (or normalized scores) in % with one decimal, perplexity as
+    is; in each column the best merge marked '★ best'."""
+    header, rows = score_rows(report, normalized)
+    percent = normalized or report["metric"] != "perplexity"
+    higher = normalized or report["higher_is_better"]
+    merges = rows[2:]
+    best = []
+    for column in range(1, len(header)):
+        values = [r[column] for r in merges if r[column] is not None]
+        best.append((max if higher else min)(values) if len(values) > 1 else None)
+
+    def cell(value: float | None, column: int, is_merge: bool) -> str:
+        if value is None:
+            return "n/a"
+        text = f"{100 * value:.1f}" if percent else f"{value:.1f}"
+        return f"{text} ★ best" if is_merge and value == best[column - 1] else text
+
+    table = [[row[0], *(cell(v, c, k >= 2) for c, v in enumerate(row[1:], 1))] for k, row in enumerate(rows)]
+    unit = "%" if percent else report["metric"]
+    return [header[0], *(f"{h} ({unit})" for h in header[1:])], table
+
+
 def score_bars(report: dict, normalized: bool = False) -> go.Figure:
     """Grouped bars: one group per task (and the average), one bar per model."""
     header, rows = score_rows(report, normalized)
@@ -103,7 +126,9 @@ def score_bars(report: dict, normalized: bool = False) -> go.Figure:
             x=header[1:], y=row[1:], name=row[0], marker_color=COLORS.get(key),
             hovertemplate=f"<b>{row[0]}</b><br>%{{x}}: %{{y:.4f}}<extra></extra>"))
     what = "normalized to each expert" if normalized else report["metric"]
-    figure.update_layout(title=f"Scores per task ({what})", barmode="group", **_LAYOUT)
+    layout = {**_LAYOUT, "legend": dict(orientation="v", x=1.02, y=1, yanchor="top"),
+              "margin": dict(_LAYOUT["margin"], r=160)}  # beside the bars, clear of the title
+    figure.update_layout(title=f"Scores per task ({what})", barmode="group", **layout)
     figure.update_yaxes(rangemode="tozero", **_GRID)
     return figure
 
