@@ -79,6 +79,27 @@ def test_api_runs_a_merge_and_returns_plots_and_report(tiny_app):
     assert "experts:" in Path(out["config_file"]).read_text()
 
 
+def test_run_config_endpoint_takes_a_bundle_and_refuses_other_files(tiny_app, tmp_path):
+    from commerge_ui.api import run_merge
+    from commerge_ui.config import load_config
+    from commerge_ui.export import write_config_bundle
+
+    config_path, client = tiny_app
+    config = load_config(config_path).model_copy(update={"methods": ["com", "average"]})
+    write_config_bundle(config, tmp_path / "bundle")
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in (tmp_path / "bundle").rglob("*"):
+            bundle.write(path, path.relative_to(tmp_path / "bundle").as_posix())
+    status, report = client.predict(handle_file(str(archive)), "cpu", "float32", api_name="/run_config")
+    assert status.startswith("✅ done · best average accuracy"), status
+    assert report["methods"]["com"]["scores"] == run_merge(config, device="cpu").methods["com"].scores
+    (tmp_path / "notes.txt").write_text("hello")
+    status, report = client.predict(handle_file(str(tmp_path / "notes.txt")), "cpu", "float32",
+                                    api_name="/run_config")
+    assert status == "❌ notes.txt: expected a config.yaml or a config bundle (.zip)" and report is None
+
+
 def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
     config, client = tiny_app
     make_base(tmp_path / "wide", hidden=48)

@@ -60,6 +60,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
         _wire_samples(models, samples)
         _wire_run(sessions, models, samples, run, results, export)
         _wire_export(sessions, results, export)
+        _api_run_config(sessions)
         app.load(_model_notes, [models.base, *models.models], [models.base_status, *models.notes],
                  api_visibility="private")
 
@@ -68,6 +69,23 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
 
         app.unload(on_close)
     return app
+
+
+def _api_run_config(sessions: Sessions) -> None:
+    """/run_config for API users: a config.yaml or config bundle (.zip), device and dtype in; the status line
+    and report.json out (the /run endpoint takes the page's 49 form values instead). No visible part."""
+    with gr.Group(visible=False):
+        file = gr.File()  # the handler checks the type, naming what it expects
+        device, dtype = gr.Textbox("auto"), gr.Textbox("float32")
+        status, report = gr.Textbox(), gr.JSON()
+        button = gr.Button()
+
+    @_gpu
+    def on_run_config(path, device_name, dtype_name, request: gr.Request):
+        return handlers.run_config(sessions.get(request.session_hash), path, device_name, dtype_name)
+
+    button.click(on_run_config, [file, device, dtype], [status, report], concurrency_limit=1,
+                 concurrency_id="merge", api_name="run_config")
 
 
 @dataclass

@@ -128,6 +128,47 @@ def result_views(report: dict, shown: list[str], heat_method: str | None, normal
     )
 
 
+def config_from_upload(session: Session, path: str | None) -> MergeConfig:
+    """A config.yaml, or a config bundle (.zip with config.yaml and its samples/), unpacked into the session's
+    folder; relative sample paths are read from there."""
+    if not path:
+        raise InputError("give a config.yaml or a config bundle (.zip)")
+    upload = Path(path)
+    if upload.suffix.lower() == ".zip":
+        target = session.folder / "uploaded-config"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        try:
+            with zipfile.ZipFile(upload) as bundle:
+                unsafe = [n for n in bundle.namelist() if not (target / n).resolve().is_relative_to(target.resolve())]
+                if unsafe:
+                    raise InputError(f"{upload.name}: unsafe path '{unsafe[0]}' in the zip")
+                bundle.extractall(target)
+        except zipfile.BadZipFile:
+            raise InputError(f"{upload.name}: not a readable zip") from None
+        upload = target / "config.yaml"
+        if not upload.is_file():
+            raise InputError("the zip has no config.yaml at its top level (expected the app's config bundle)")
+    elif upload.suffix.lower() not in (".yaml", ".yml"):
+        raise InputError(f"{upload.name}: expected a config.yaml or a config bundle (.zip)")
+    return load_config(upload)
+
+
+def run_config(session: Session, path: str | None, device: str, dtype: str) -> tuple[str, dict | None]:
+    """The /run_config endpoint: a whole run from a config file or bundle; (status line, report or None)."""
+    try:
+        config = config_from_upload(session, path)
+    except InputError as err:
+        return f"❌ {err}", None
+    last = None
+    for last in run_merge_events(session, config, device or "auto", dtype or "float32"):
+        pass
+    if last is None or last.report is None:
+        return (last.error if last is not None and last.error else "❌ the run stopped"), None
+    report = report_dict(last)
+    return verdict_line(report), report
+
+
 def verdict_line(report: dict) -> str:
     """The status after a run: done, and the one-line verdict with the methods' titles."""
     line = verdict(report, {m: plots.title_of(m) for m in report["methods"]})
