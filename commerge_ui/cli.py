@@ -13,8 +13,8 @@ from .config import load_config
 from .demo import unbuilt_demos
 from .engine import ProgressEvent
 from .errors import Cancelled, InputError, MergeError
-from .report import verdict
 from .export import atomic_folder
+from .report import verdict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ class ProgressPrinter:
             self.bar.set_postfix_str(event.label[-40:], refresh=True)
         if self.verbose and event.phase == "merge" and event.step:
             elapsed = time.perf_counter() - self.began
-            eta = elapsed / event.step * (event.total - event.step) if event.step else 0.0
+            eta = elapsed / event.step * (event.total - event.step)
             self._print(f"  {event.method}: {event.step}/{event.total} {event.label} (eta {eta:.0f}s)")
         if event.ends_phase:
             self._finished(event, time.perf_counter() - self.began)

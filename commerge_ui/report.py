@@ -57,7 +57,6 @@ def normalized(score: float | None, expert: float | None, higher_is_better: bool
     return expert / score if score else None
 
 
-
 def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
     """One line a reader can take away from a run (the dict form of report.json): the best merge by average
     score against the experts, CoM's last-layer shift against the other regression merges', and the worst merge.
@@ -66,6 +65,7 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
 
     def name(method: str) -> str:
         return titles.get(method, method)
+
     percent = report["metric"] != "perplexity"
     better = max if report["higher_is_better"] else min
 
@@ -80,14 +80,15 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
         metric = f"average {report['metric']}" if percent else f"mean {report['metric']}"
         parts.append(f"best {metric}: {name(best)} {fmt(averages[best])}"
                      + (f" (experts {fmt(experts)})" if experts is not None else ""))
-    last = {m: sum(s[-1] for s in r["shift"].values() if s) / max(sum(1 for s in r["shift"].values() if s), 1)
-            for m, r in report["methods"].items() if any(r["shift"].values())}
+    last = {m: mean([s[-1] for s in r["shift"].values() if s]) for m, r in report["methods"].items()
+            if any(r["shift"].values())}
     rivals = [m for m in ("regmean", "regmean_plusplus") if m in last]
     if "com" in last and rivals:
         shifts = " / ".join(f"{name(m)} {last[m]:.3f}" for m in rivals)
         ratio = last[rivals[0]] / last["com"] if last["com"] else float("inf")
         parts.append(f"last-layer shift: {name('com')} {last['com']:.3f} vs {shifts} "
-                     + (f"({ratio:.1f}× lower)" if ratio >= 1 else f"({1 / ratio:.1f}× higher)"))
+                     + (f"({ratio:.1f}× lower than {name(rivals[0])})" if ratio >= 1
+                        else f"({1 / ratio:.1f}× higher than {name(rivals[0])})"))
     worse = min if report["higher_is_better"] else max
     if len(set(averages.values())) > 1 and experts is not None:
         worst = worse(averages, key=averages.__getitem__)

@@ -302,11 +302,12 @@ def test_verdict_by_hand():
               "experts": {"a": {"score": 0.9}, "b": {"score": 0.7}},
               "methods": {"com": method(0.78, 0.05), "regmean": method(0.79, 0.4), "average": method(0.62, 0.8)}}
     assert verdict(report) == ("best average accuracy: regmean 79.0 % (experts 80.0 %) · last-layer shift: com "
-                               "0.050 vs regmean 0.400 (8.0× lower) · worst: average 62.0 %, 18.0 points below "
+                               "0.050 vs regmean 0.400 (8.0× lower than regmean) · worst: average 62.0 %, 18.0 points below "
                                "the experts")
     lm = {**report, "metric": "perplexity", "higher_is_better": False,
           "experts": {"a": {"score": 20.0}, "b": {"score": 40.0}},
           "methods": {"com": method(35.0, 0.3), "regmean": method(33.0, 0.15)}}
     assert verdict(lm, {"com": "CoM"}) == ("best mean perplexity: regmean 33.0 (experts 30.0) · last-layer shift: "
-                                           "CoM 0.300 vs regmean 0.150 (2.0× higher) · worst: CoM 35.0, +5.0 "
+                                           "CoM 0.300 vs regmean 0.150 (2.0× higher than regmean) · worst: CoM 35.0, "
+                                           "+5.0 "
                                            "perplexity vs the experts")
