@@ -50,7 +50,7 @@ def run_args(config_path: Path, methods: list[str], samples: int, max_length: in
 
 def outputs_by_name(outputs: tuple) -> dict:
     names = ["progress", "status", "report", "shown", "heat_method", "shift", "heatmap", "scores", "bars", "costs",
-             "warnings", "export_method", "report_file", "config_file"]
+             "warnings", "export_method", "report_file", "config_file", "compare_runs"]
     return dict(zip(names, outputs))
 
 
@@ -226,6 +226,33 @@ def test_demo_in_the_browser(demo_app, browser):
         assert row in table
     assert "✅ done" in page.inner_text("#run-status")
     page.close()
+
+
+@pytest.mark.slow
+def test_two_runs_are_compared_in_the_browser(tiny_deep, browser, tmp_path):
+    app, url = serve(tiny_deep.write_config("compare.yaml"), tmp_path / "sessions")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        for run, alpha in ((1, "0.9"), (2, "0.5")):
+            box = page.locator("#alpha input[type=number]")
+            box.fill(alpha)
+            box.press("Enter")
+            page.click("#run")
+            page.wait_for_function(f"document.querySelectorAll('#compare-runs label').length === {run}",
+                                   timeout=300_000)
+            page.wait_for_selector("#run:enabled", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#compare-plot .scatterlayer .trace').length === 8",
+                               timeout=60_000)  # 2 runs × the 4 default methods
+        legend = page.inner_text("#compare-plot")
+        assert "run 1 · Chain of Merges" in legend and "run 2 · Chain of Merges" in legend
+        table = page.inner_text("#compare-table")
+        assert "run 1: α 0.9" in table and "run 2: α 0.5" in table
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.locator("#compare-plot").screenshot(path=str(SCREENSHOTS / "compare_runs.png"))
+        page.close()
+    finally:
+        app.close()
 
 
 def upload(page, component: str, path: Path) -> None:

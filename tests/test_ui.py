@@ -122,6 +122,31 @@ def test_progress_rows_phases_and_overall_eta_by_hand():
     assert "stopped while merging" in page and "ETA" not in page and "done: merged in 4.0 s, scored in 2.0 s" in page
 
 
+def test_runs_are_kept_and_compared(finished, tiny):
+    sessions, _, _ = finished
+    session = sessions.get("compare")
+    for alpha in (0.9, 0.5):
+        config = handlers.build_config(str(tiny.base), experts_of(tiny), ["com", "average"],
+                                       **{**FAST, "alpha": alpha})
+        assert list(handlers.run_merge_events(session, config, "cpu", "float32"))[-1].report is not None
+    labels = [r.label for r in session.runs]
+    assert [label.split(",")[0] for label in labels] == ["run 1: α 0.9", "run 2: α 0.5"]
+    figure, table, archive = handlers.compare_views(session, labels)
+    assert [t.name for t in figure.data] == ["run 1 · Chain of Merges", "run 1 · Average", "run 2 · Chain of Merges",
+                                             "run 2 · Average"]
+    assert [t.line.dash for t in figure.data] == ["solid", "solid", "dash", "dash"]
+    com = {r.label: r.report["methods"]["com"] for r in session.runs}
+    assert list(figure.data[2].y)[-1] == pytest.approx(
+        sum(v[-1] for v in com[labels[1]]["shift"].values()) / len(com[labels[1]]["shift"]))
+    assert list(table["run"]) == [labels[0], labels[0], labels[1], labels[1]]
+    assert table["shift at last layer"][0] != table["shift at last layer"][2]  # α changed CoM's drift
+    with zipfile.ZipFile(archive) as bundle:
+        assert sorted(bundle.namelist()) == ["run-1.json", "run-2.json"]
+        assert json.loads(bundle.read("run-2.json"))["options"]["alpha"] == 0.5
+    figure, table, archive = handlers.compare_views(session, [])
+    assert not figure.data and table.empty and archive is None
+
+
 def test_result_views_follow_the_toggles(finished):
     _, _, updates = finished
     report = handlers.report_dict(updates[-1])

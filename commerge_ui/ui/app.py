@@ -54,11 +54,13 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
         samples = _samples_section(defaults)
         run = _run_section(defaults.options)
         results = _results_section()
+        compare = _compare_section()
         export = _export_section()
 
         _wire_models(models, samples, run)
         _wire_samples(models, samples)
-        _wire_run(sessions, models, samples, run, results, export)
+        _wire_run(sessions, models, samples, run, results, compare, export)
+        _wire_compare(sessions, compare)
         _wire_export(sessions, results, export)
         _api_run_config(sessions)
         app.load(_model_notes, [models.base, *models.models], [models.base_status, *models.notes],
@@ -186,7 +188,8 @@ def _run_section(options: dict) -> _Run:
     methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
                                label="Methods to compare")
     with gr.Row():
-        alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (CoM, RegMean, RegMean++ shrink)")
+        alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (CoM, RegMean, RegMean++ shrink)",
+                          elem_id="alpha")
         task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES, DARE)")
         samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
                             label="calibration samples per expert")
@@ -245,6 +248,33 @@ def _results_section() -> _Results:
         report_json = gr.JSON(label="report")
     return _Results(report, status, shown, heat_method, normalized, report_json,
                     [shift_plot, heatmap, scores, bars, costs, warnings])
+
+
+@dataclass
+class _Compare:
+    runs: gr.CheckboxGroup
+    plot: gr.Plot
+    table: gr.Dataframe
+    download: gr.File
+
+
+def _compare_section() -> _Compare:
+    gr.Markdown("## 4b · Compare runs\nEvery finished run of this session is kept (its options in its name). "
+                "Tick two or more to overlay their shift curves (a line style per run) and put their scores side "
+                "by side; the zip holds their report.json files.")
+    runs = gr.CheckboxGroup([], value=[], label="Runs", elem_id="compare-runs")
+    plot = gr.Plot(label="Shift per layer, runs compared", elem_id="compare-plot")
+    table = gr.Dataframe(label="Runs side by side", elem_id="compare-table", interactive=False, wrap=True)
+    download = gr.File(label="the compared runs' reports (.zip)", interactive=False)
+    return _Compare(runs, plot, table, download)
+
+
+def _wire_compare(sessions: Sessions, compare: _Compare) -> None:
+    def on_compare(chosen, request: gr.Request):
+        return handlers.compare_views(sessions.get(request.session_hash), chosen)
+
+    compare.runs.change(on_compare, compare.runs, [compare.plot, compare.table, compare.download],
+                        api_visibility="private")
 
 
 @dataclass
@@ -323,11 +353,12 @@ def _wire_samples(models: _Models, samples: _Samples) -> None:
 
 
 def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run, results: _Results,
-              export: _Export) -> None:
+              compare: _Compare, export: _Export) -> None:
     form_inputs = [models.base, models.count, *models.names, *models.models, *samples.calibrations,
                    *samples.evaluations, *samples.class_names, run.methods, *run.options(), run.device, run.dtype]
     run_outputs = [run.run, run.progress, results.status, results.report, results.json, results.shown,
-                   results.heat_method, *results.views, export.method, export.report_file, export.config_file]
+                   results.heat_method, *results.views, export.method, export.report_file, export.config_file,
+                   compare.runs]
 
     @_gpu
     def on_run(request: gr.Request, *values):
@@ -356,6 +387,8 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
                 export.method: gr.update(choices=method_choices, value=first),
                 export.report_file: str(session.run_folder / "report.json"),
                 export.config_file: str(session.run_folder / "config.yaml"),
+                compare.runs: gr.update(choices=[r.label for r in session.runs],
+                                        value=[r.label for r in session.runs[-2:]]),
             }
 
     run.run.click(on_run, form_inputs, run_outputs, concurrency_limit=1, concurrency_id="merge", api_name="run",

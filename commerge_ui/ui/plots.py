@@ -145,3 +145,44 @@ def cost_rows(report: dict) -> tuple[list[str], list[list]]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+
+
+def compare_figure(runs: list[tuple[str, dict]]) -> go.Figure:
+    """Several runs' shift curves overlaid: the mean over tasks per method, a colour per method and a line
+    style per run."""
+    figure = go.Figure()
+    for index, (label, report) in enumerate(runs):
+        dash = _DASHES[index % len(_DASHES)]
+        for method, result in report["methods"].items():
+            per_task = [values for values in result["shift"].values() if values]
+            if not per_task:
+                continue
+            mean = [sum(values[i] for values in per_task) / len(per_task) for i in range(len(per_task[0]))]
+            name = f"{label.split(':')[0]} · {title_of(method)}"
+            figure.add_trace(go.Scatter(
+                x=list(range(len(mean))), y=mean, name=name, mode="lines", customdata=report["layers"],
+                line=dict(color=COLORS.get(method), dash=dash, width=2.5),
+                hovertemplate=f"<b>{name}</b><br>%{{customdata}}<br>shift %{{y:.4f}}<extra></extra>"))
+    layout = {**_LAYOUT, "legend": dict(orientation="v", x=1.02, y=1, yanchor="top"),
+              "margin": dict(_LAYOUT["margin"], r=220)}
+    figure.update_layout(title="Covariate shift per layer, runs compared (mean over tasks)", **layout)
+    figure.update_xaxes(title="layer group, in network order", **_GRID)
+    figure.update_yaxes(title="‖X̂ − X‖ / ‖X‖", rangemode="tozero", **_GRID)
+    return figure
+
+
+def compare_rows(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list]]:
+    """One row per run and method: average score (% or perplexity), last-layer shift, merge seconds."""
+    rows = []
+    for label, report in runs:
+        percent = report["metric"] != "perplexity"
+        for method, result in report["methods"].items():
+            score = result["average_score"]
+            last = [values[-1] for values in result["shift"].values() if values]
+            rows.append([label, title_of(method),
+                         None if score is None else round(100 * score if percent else score, 1),
+                         round(sum(last) / len(last), 4) if last else None, round(result["seconds"], 1)])
+    return ["run", "method", "average score", "shift at last layer", "merge seconds"], rows

@@ -7,6 +7,7 @@ keyed by Gradio's session hash; closing the page cancels a running merge and rem
 from __future__ import annotations
 
 import html
+import json
 import queue
 import shutil
 import tempfile
@@ -26,12 +27,35 @@ from .plots import title_of
 POLL_SECONDS = 0.5
 
 
+@dataclass
+class KeptRun:
+    """A finished run kept for comparison: its label (number and key options), report and report file."""
+
+    label: str
+    report: dict
+    path: Path
+
+
 class Session:
     def __init__(self, root: Path) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
         self.cancel = threading.Event()
         self.running = False
         self.closed = False
+        self.runs: list[KeptRun] = []
+
+    def keep(self, report: Report) -> KeptRun:
+        """Keep a finished run's report (in memory and as runs/run-<n>.json) for comparing runs."""
+        data = json.loads(report.to_json())
+        number, o = len(self.runs) + 1, data["options"]
+        label = (f"run {number}: α {o['alpha']}, λ {o['lambda']}, {o['calibration_samples']} samples, "
+                 f"{o['max_length']} tokens, {len(data['methods'])} methods")
+        path = self.folder / "runs" / f"run-{number}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report.to_json(), encoding="utf-8")
+        kept = KeptRun(label, data, path)
+        self.runs.append(kept)
+        return kept
 
     def remove_if_closed(self) -> None:
         if self.closed and not self.running:
@@ -234,6 +258,7 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
                                    progress=lambda e: events.put(("event", e)),
                                    cancel=session.cancel.is_set, log=lambda m: events.put(("log", m)))
                 write_config_bundle(config, partial)
+            session.keep(report)
             outcome = ("report", report)
         except Cancelled:
             outcome = ("error", "Cancelled: nothing was written; the previous results are kept.")
