@@ -202,6 +202,11 @@ def test_demo_in_the_browser(demo_app, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(demo_app)
     page.wait_for_selector("#run")
+    box = page.locator("#run").bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 1000  # Run is on the first screen
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "demo_first_screen.png"))
+    open_inputs(page)
     assert "matches the base" in page.inner_text("#expert-3-status")
     for baseline in ("Task arithmetic", "Average"):  # ticked by default; unticked here to keep CI's time
         box = page.get_by_label(baseline, exact=True)
@@ -255,6 +260,12 @@ def test_two_runs_are_compared_in_the_browser(tiny_deep, browser, tmp_path):
         app.close()
 
 
+def open_inputs(page) -> None:
+    """Open the 'Models and samples' accordion (closed on arrival, so that Run is on the first screen)."""
+    page.locator("#inputs").get_by_text("Models and samples", exact=False).first.click()
+    page.wait_for_selector("#expert-1-model input", state="visible", timeout=30_000)
+
+
 def upload(page, component: str, path: Path) -> None:
     """Replace the file a File component holds: clear it, then give its (hidden) file input the new file."""
     page.locator(f"{component} button[aria-label=Clear]").click()
@@ -271,6 +282,7 @@ def test_bad_input_in_the_browser_is_shown_next_to_its_cause(demo_app, browser, 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(demo_app)
     page.wait_for_selector("#run")
+    open_inputs(page)
     model_box = page.locator("#expert-1-model input")
     model_box.fill(str(tmp_path / "wide"))
     model_box.press("Enter")

@@ -29,10 +29,12 @@ Pick a base model and experts fine-tuned from it, give each expert a few calibra
 every layer on statistics of the unmerged experts; CoM solves the layers in network order on the inputs of the
 partially merged model, so the drift that early merges cause is corrected downstream. The page opens on an
 offline demo (all-MiniLM-L6-v2 and six experts fine-tuned on real text: tweets, movie, Amazon and NYT
-sentiment, chatbot dialogue topics, language ID): press **Run** to see it. A second demo merges a real
-language model (SmolLM2-135M and five experts, each fine-tuned on one kind of text). Text classifiers (BERT-like),
-CLIP image classifiers (zero-shot heads from class names) and causal language models (GPT-2, Llama, Qwen,
-Mistral; scored by perplexity) are merged the same way; the family is read from the base model."""
+sentiment, chatbot dialogue topics, language ID): press **Run** below to see it. A second demo merges a real
+language model (SmolLM2-135M and five experts, each fine-tuned on one kind of text): choose it, or your own
+models and samples, under **Models and samples**. Text classifiers (BERT-like), CLIP image classifiers
+(zero-shot heads from class names) and causal language models (GPT-2, Llama, Qwen, Mistral; scored by
+perplexity) are merged the same way; the family is read from the base model."""
+INPUTS = "Models and samples: the demo's base and experts are loaded (open to choose another demo or your own)"
 
 
 def _gpu(fn):
@@ -50,8 +52,9 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None)
     defaults = handlers.defaults_from(config_path)
     with gr.Blocks(title="Chain of Merges", delete_cache=(3600, 3600)) as app:
         gr.Markdown(INTRO)
-        models = _models_section(defaults, config_path)
-        samples = _samples_section(defaults)
+        with gr.Accordion(INPUTS, open=False, elem_id="inputs"):  # Run stays on the first screen
+            models = _models_section(defaults, config_path)
+            samples = _samples_section(defaults)
         run = _run_section(defaults.options)
         results = _results_section()
         compare = _compare_section()
@@ -104,7 +107,7 @@ class _Models:
 
 
 def _models_section(defaults: handlers.FormDefaults, config_path: Path) -> _Models:
-    gr.Markdown("## 1 · Models")
+    gr.Markdown("### Models")
     current = next((d.key for d in DEMOS.values() if d.config == Path(config_path).resolve()), None)
     demo = gr.Radio([(d.title, d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
                     value=current, elem_id="demo-choice")
@@ -139,7 +142,7 @@ class _Samples:
 
 
 def _samples_section(defaults: handlers.FormDefaults) -> _Samples:
-    gr.Markdown("## 2 · Samples\nPer expert: calibration samples (text: `.txt` one per line, `.jsonl`/`.csv` with "
+    gr.Markdown("### Samples\nPer expert: calibration samples (text: `.txt` one per line, `.jsonl`/`.csv` with "
                 "a `text` column; images: a `.zip` with one folder per class; labels not needed) and optional "
                 "evaluation samples (a `label` column or class folders; causal LMs need no labels: they are "
                 "scored by perplexity). CLIP builds each task's head from its class names: the labels, or "
@@ -184,7 +187,7 @@ class _Run:
 
 
 def _run_section(options: dict) -> _Run:
-    gr.Markdown("## 3 · Run")
+    gr.Markdown("## Run")
     methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
                                label="Methods to compare")
     with gr.Row():
@@ -229,7 +232,7 @@ to the experts on these samples, not by itself a higher score: read it with the 
 
 
 def _results_section() -> _Results:
-    gr.Markdown("## 4 · Results")
+    gr.Markdown("## Results")
     report = gr.State(None)
     status = gr.Markdown("", elem_id="run-status")
     with gr.Row():
@@ -259,7 +262,7 @@ class _Compare:
 
 
 def _compare_section() -> _Compare:
-    gr.Markdown("## 4b · Compare runs\nEvery finished run of this session is kept (its options in its name). "
+    gr.Markdown("## Compare runs\nEvery finished run of this session is kept (its options in its name). "
                 "Tick two or more to overlay their shift curves (a line style per run) and put their scores side "
                 "by side; the zip holds their report.json files.")
     runs = gr.CheckboxGroup([], value=[], label="Runs", elem_id="compare-runs")
@@ -293,7 +296,7 @@ class _Export:
 
 
 def _export_section() -> _Export:
-    gr.Markdown("## 5 · Export")
+    gr.Markdown("## Export")
     with gr.Row():
         method = gr.Dropdown([], label="merged model of method", value=None)
         zip_button = gr.Button("Zip the merged model")
