@@ -239,6 +239,8 @@ def test_two_runs_are_compared_in_the_browser(tiny_deep, browser, tmp_path):
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
+        page.wait_for_selector("#run")
+        assert "each task's score" in page.inner_text("#scores")  # named headers before the first run
         for run, alpha in ((1, "0.9"), (2, "0.5")):
             box = page.locator("#alpha input[type=number]")
             box.fill(alpha)
@@ -287,6 +289,7 @@ def test_bad_input_in_the_browser_is_shown_next_to_its_cause(demo_app, browser, 
     model_box.fill(str(tmp_path / "wide"))
     model_box.press("Enter")
     page.wait_for_function("document.querySelector('#expert-1-status').innerText.includes('does not match')")
+    assert "does not match the base: hidden size 48, the base has 384" in page.inner_text("#expert-1-status")
     upload(page, "#expert-0-calibration", empty)
     page.wait_for_function("document.querySelector('#samples-0-status').innerText.includes('no samples')")
     upload(page, "#expert-2-evaluation", broken)

@@ -243,9 +243,11 @@ def _results_section() -> _Results:
     heat_method = gr.Radio([], label="Heatmap of method", value=None)
     heatmap = gr.Plot(label="Shift per task and layer", elem_id="heatmap")
     normalized = gr.Radio([("raw scores", False), ("normalized to each expert", True)], value=False, label="Scores")
-    scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False, wrap=True)
+    scores = gr.Dataframe(label="Scores", elem_id="scores", interactive=False, wrap=True,
+                          headers=["model", "each task's score", "average"])  # named, not "1 2 3", before a run
     bars = gr.Plot(label="Scores per task", elem_id="bars")
-    costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False)
+    costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False,
+                         headers=["method", "seconds", "peak memory (MiB)", "shift at last layer", "warnings"])
     warnings = gr.Markdown("")
     with gr.Accordion("report.json", open=False):
         report_json = gr.JSON(label="report")
@@ -267,7 +269,8 @@ def _compare_section() -> _Compare:
                 "by side; the zip holds their report.json files.")
     runs = gr.CheckboxGroup([], value=[], label="Runs", elem_id="compare-runs")
     plot = gr.Plot(label="Shift per layer, runs compared", elem_id="compare-plot")
-    table = gr.Dataframe(label="Runs side by side", elem_id="compare-table", interactive=False, wrap=True)
+    table = gr.Dataframe(label="Runs side by side", elem_id="compare-table", interactive=False, wrap=True,
+                         headers=handlers.plots.compare_rows([])[0])
     download = gr.File(label="the compared runs' reports (.zip)", interactive=False)
     return _Compare(runs, plot, table, download)
 
