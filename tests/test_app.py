@@ -107,7 +107,10 @@ def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
     e = d.experts[1]
     args = run_args(config, ["com"], 24, 16, experts={1: (e.name, str(tmp_path / "wide"), e.calibration, e.evaluation, "")})
     out = outputs_by_name(client.predict(*args, api_name="/run"))
-    assert out["status"].startswith("❌") and "does not match the base" in out["status"]
+    # refused before any weight is read, in the words of the form's note beside the model
+    assert out["status"].startswith("❌ fix what the form marks ❌ first: expert 2 (task1): ") and (
+        "does not match the base: hidden size 48, the base has 32" in out["status"])
+    assert out["progress"] == ""  # nothing started
     assert client.predict(api_name="/cancel") == "Nothing is running."
 
 

@@ -44,6 +44,20 @@ def test_model_messages(tmp_path, tiny):
     assert model_message("", str(tiny.base)) == ""
 
 
+def test_run_refuses_what_the_form_marks(tmp_path, tiny):
+    from commerge_ui.ui.form import marked_problems
+
+    make_base(tmp_path / "wide", hidden=48)
+    forms = experts_of(tiny)
+    assert marked_problems(str(tiny.base), forms) == []
+    forms[1].model = str(tmp_path / "wide")
+    forms.append(ExpertForm("hub", "someone/not-cached-here", None, None))  # unreachable Hub id: the run decides
+    problems = marked_problems(str(tiny.base), forms)
+    assert len(problems) == 1 and problems[0].startswith("expert 2 (task1): ")
+    assert problems[0].split(": ", 1)[1] == model_message(str(tmp_path / "wide"), str(tiny.base))[2:]
+    assert marked_problems(str(tmp_path / "nothing-here"), forms[:1])[0].startswith("base: ")
+
+
 def test_sample_previews_and_their_errors(tmp_path, tiny):
     rows, note = sample_preview(str(tiny.evaluation["task0"]), need_labels=True)
     assert len(rows) == 5 and note == "✅ task0_eval.jsonl: 16 samples, 2 labels"

@@ -12,7 +12,8 @@ from ..demo import DEMO_CONFIG, DEMOS
 from ..errors import InputError
 from ..methods import METHODS
 from . import handlers
-from .form import ExpertForm, evaluation_needs_labels, model_message, sample_preview, sample_thumbnails
+from .form import (ExpertForm, evaluation_needs_labels, marked_problems, model_message, sample_preview,
+                   sample_thumbnails)
 from .handlers import DEFAULT_METHODS, MAX_EXPERTS
 from .session import Sessions
 
@@ -464,6 +465,9 @@ def _config_from_form(values: tuple):
     methods, alpha, task_lambda, samples, max_length, evaluation = rest[5 * MAX_EXPERTS:5 * MAX_EXPERTS + 6]
     experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k], class_names[k] or "")
                for k in range(count)]
+    problems = marked_problems(base or "", experts)
+    if problems:
+        raise InputError("fix what the form marks ❌ first: " + " · ".join(problems))
     return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length,
                                  evaluation_samples=int(evaluation or 0) or None)
 

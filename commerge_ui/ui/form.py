@@ -59,6 +59,25 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
     return _fit_message(info, base)
 
 
+def marked_problems(base_ref: str, experts: list["ExpertForm"]) -> list[str]:
+    """What the form already marks ❌ on its models (the base, then each expert that has a model): Run refuses
+    to start on them, in the same words, before any weight is loaded. A Hub model the check could not reach is
+    not counted (the run may still find it in the local cache)."""
+    def refused(ref: str, note: str) -> bool:
+        local = not is_repo_id(ref.strip()) or Path(ref.strip()).expanduser().exists()
+        return note.startswith("❌") and (local or "does not match the base" in note)
+
+    problems = []
+    base_note = model_message(base_ref)
+    if refused(base_ref, base_note):
+        problems.append(f"base: {base_note[2:]}")
+    for index, expert in enumerate(experts, 1):
+        note = model_message(expert.model, base_ref) if expert.model and expert.model.strip() else ""
+        if refused(expert.model or "", note):
+            problems.append(f"expert {index} ({expert.name or expert.model}): {note[2:]}")
+    return problems
+
+
 def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     problems = fit_problems(base, info)
     if problems:
