@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import MergeConfig
-from ..engine import ProgressEvent
+from ..engine import PHASES, ProgressEvent
 from ..errors import Cancelled, InputError, MergeError
 from ..export import atomic_folder, write_config_bundle
 from ..report import Report
@@ -119,8 +119,7 @@ class PhaseRow:
         return (now - self.phase_began) / self.step * (self.total - self.step)
 
     def summary(self) -> str:
-        parts = [f"{_PAST[p]} in {self.seconds[p]:.1f} s" for p in ("references", "merge", "score", "save")
-                 if p in self.seconds]
+        parts = [f"{_PAST[p]} in {self.seconds[p]:.1f} s" for p in PHASES if p in self.seconds]
         return "done: " + ", ".join(parts) if parts else "done"
 
 
