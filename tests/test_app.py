@@ -216,9 +216,9 @@ def test_demo_in_the_browser(demo_app, browser):
         assert box.is_checked()
         box.uncheck()
     page.click("#run")
-    page.wait_for_selector("#run:disabled", timeout=30_000)  # no second run while one goes
+    page.wait_for_selector("#run:disabled", timeout=120_000)  # no second run while one goes
     page.wait_for_function("(document.querySelector('#progress [data-method=references]') || {innerText: ''})"
-                           ".innerText.includes('scoring')", timeout=120_000)  # scoring the experts: shown
+                           ".innerText.includes('scoring')", timeout=300_000)  # scoring the experts: shown
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "demo_running.png"))
     page.wait_for_selector("#shift-plot .js-plotly-plot .scatterlayer .trace", timeout=900_000)
