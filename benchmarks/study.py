@@ -28,6 +28,7 @@ from commerge_ui.api import run_merge
 from commerge_ui.config import MergeConfig, load_config
 from commerge_ui.demo import DEMO_CONFIG, ensure_demo
 from commerge_ui.heldout import heldout_shift
+from commerge_ui.report import last_shift
 
 REGRESSION = ["com", "regmean", "regmean_plusplus"]
 DATA_FREE = ["task_arithmetic", "ties", "dare", "dare_ties", "tsv_m", "iso_c", "iso_cts", "average"]
@@ -52,10 +53,6 @@ def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: i
     path.write_text(json.dumps(data))
     print(f"  {key}: {time.perf_counter() - began:.0f}s", flush=True)
     return data
-
-
-def last_shift(method: dict) -> float:
-    return statistics.mean(s[-1] for s in method["shift"].values())
 
 
 def pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:

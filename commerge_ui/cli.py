@@ -14,7 +14,7 @@ from .demo import unbuilt_demos
 from .engine import ProgressEvent
 from .errors import Cancelled, InputError, MergeError
 from .export import atomic_folder
-from .report import verdict
+from .report import in_percent, last_shift, verdict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +155,7 @@ def summary(report_json: str) -> str:
     normalized average in % of the experts; the merge's own seconds (scoring excluded)."""
     report = json.loads(report_json)
     tasks = list(report["experts"])
-    percent = report.get("metric") != "perplexity"
+    percent = in_percent(report)
 
     def fmt(value: float | None, scale: bool = percent) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}" if scale else f"{value:.1f}"
@@ -166,8 +166,8 @@ def summary(report_json: str) -> str:
              f"{'sec':>8}"]
     lines.append(f"{'expert':<16}" + "".join(f"{fmt(report['experts'][t]['score']):>13}" for t in tasks))
     for name, m in report["methods"].items():
-        last = [s[-1] for s in m["shift"].values() if s]
-        shift = sum(last) / len(last) if last else float("nan")
+        shift = last_shift(m)
+        shift = float("nan") if shift is None else shift
         lines.append(f"{name:<16}" + "".join(f"{fmt(m['scores'][t]):>13}" for t in tasks)
                      + f"{fmt(m['average_score']):>9}{fmt(m['average_normalized'], True):>8}{shift:>12.3f}"
                        f"{m['seconds']:>8.1f}")

@@ -57,6 +57,16 @@ def normalized(score: float | None, expert: float | None, higher_is_better: bool
     return expert / score if score else None
 
 
+def in_percent(report: dict) -> bool:
+    """Whether the report's scores read as percentages (accuracy), not as they are (perplexity)."""
+    return report["metric"] != "perplexity"
+
+
+def last_shift(method: dict) -> float | None:
+    """A method's shift at the last layer group, mean over the tasks that have one (report.json form)."""
+    return mean([values[-1] for values in method["shift"].values() if values])
+
+
 def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
     """One line a reader can take away from a run (the dict form of report.json): the best merge by average
     score against the experts, CoM's last-layer shift against the other regression merges', and the worst merge.
@@ -66,7 +76,7 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
     def name(method: str) -> str:
         return titles.get(method, method)
 
-    percent = report["metric"] != "perplexity"
+    percent = in_percent(report)
     better = max if report["higher_is_better"] else min
 
     def fmt(value: float) -> str:
@@ -80,8 +90,7 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
         metric = f"average {report['metric']}" if percent else f"mean {report['metric']}"
         parts.append(f"best {metric}: {name(best)} {fmt(averages[best])}"
                      + (f" (experts {fmt(experts)})" if experts is not None else ""))
-    last = {m: mean([s[-1] for s in r["shift"].values() if s]) for m, r in report["methods"].items()
-            if any(r["shift"].values())}
+    last = {m: last_shift(r) for m, r in report["methods"].items() if any(r["shift"].values())}
     rivals = [m for m in ("regmean", "regmean_plusplus") if m in last]
     if "com" in last and rivals:
         shifts = " / ".join(f"{name(m)} {last[m]:.3f}" for m in rivals)

@@ -172,14 +172,15 @@ def run_config(session: Session, path: str | None, device: str, dtype: str) -> t
 def compare_views(session: Session, chosen: list[str]) -> tuple[object, pd.DataFrame, str | None]:
     """The chosen kept runs side by side: overlaid shift curves, a score table, and a zip of their reports."""
     runs = [r for r in session.runs if r.label in (chosen or [])]
-    header, rows = plots.compare_rows([(r.label, r.report) for r in runs])
+    labelled = [(r.label, r.report) for r in runs]
+    header, rows = plots.compare_rows(labelled)
     archive = None
     if runs:
         archive = str(_downloads(session) / "compared-runs.zip")
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
             for run in runs:
                 bundle.write(run.path, run.path.name)
-    return plots.compare_figure([(r.label, r.report) for r in runs]), pd.DataFrame(rows, columns=header), archive
+    return plots.compare_figure(labelled), pd.DataFrame(rows, columns=header), archive
 
 
 def verdict_line(report: dict) -> str:

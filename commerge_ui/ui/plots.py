@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from ..methods import METHODS
+from ..report import in_percent, last_shift
 from ..report import normalized as normalized_score
 
 COLORS = {"com": "#e4572e", "regmean": "#2e86ab", "task_arithmetic": "#59a14f", "ties": "#b07aa1",
@@ -97,7 +98,7 @@ def score_table(report: dict, normalized: bool = False) -> tuple[list[str], list
     """score_rows as a reader wants them: accuracy (or normalized scores) in % with one decimal, perplexity as
     is; in each column the best merge marked '★ best'."""
     header, rows = score_rows(report, normalized)
-    percent = normalized or report["metric"] != "perplexity"
+    percent = normalized or in_percent(report)
     higher = normalized or report["higher_is_better"]
     merges = rows[2:]
     best = []
@@ -137,9 +138,8 @@ def cost_rows(report: dict) -> tuple[list[str], list[list]]:
     """Wall time and peak memory per method, with the mean shift at the last layer group."""
     rows = []
     for method, result in report["methods"].items():
-        last = [values[-1] for values in result["shift"].values() if values]
         rows.append([title_of(method), round(result["seconds"], 2), round(result["peak_memory_bytes"] / 2**20, 1),
-                     _round(sum(last) / len(last) if last else None), len(result["warnings"])])
+                     _round(last_shift(result)), len(result["warnings"])])
     return ["method", "seconds", "peak memory (MiB)", "shift at last layer", "warnings"], rows
 
 
@@ -178,11 +178,10 @@ def compare_rows(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list]]:
     """One row per run and method: average score (% or perplexity), last-layer shift, merge seconds."""
     rows = []
     for label, report in runs:
-        percent = report["metric"] != "perplexity"
+        percent = in_percent(report)
         for method, result in report["methods"].items():
             score = result["average_score"]
-            last = [values[-1] for values in result["shift"].values() if values]
             rows.append([label, title_of(method),
                          None if score is None else round(100 * score if percent else score, 1),
-                         round(sum(last) / len(last), 4) if last else None, round(result["seconds"], 1)])
+                         _round(last_shift(result)), round(result["seconds"], 1)])
     return ["run", "method", "average score", "shift at last layer", "merge seconds"], rows

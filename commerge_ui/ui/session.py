@@ -46,13 +46,14 @@ class Session:
 
     def keep(self, report: Report) -> KeptRun:
         """Keep a finished run's report (in memory and as runs/run-<n>.json) for comparing runs."""
-        data = json.loads(report.to_json())
+        text = report.to_json()
+        data = json.loads(text)
         number, o = len(self.runs) + 1, data["options"]
         label = (f"run {number}: α {o['alpha']}, λ {o['lambda']}, {o['calibration_samples']} samples, "
                  f"{o['max_length']} tokens, {len(data['methods'])} methods")
         path = self.folder / "runs" / f"run-{number}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report.to_json(), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         kept = KeptRun(label, data, path)
         self.runs.append(kept)
         return kept
