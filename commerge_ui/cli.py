@@ -60,8 +60,8 @@ class ProgressPrinter:
                                 file=sys.stderr, dynamic_ncols=True)
         if self.bar is not None:
             self.bar.total, self.bar.n = event.total or None, event.step
-            self.bar.set_postfix_str(event.label[-40:], refresh=True)
-        if self.verbose and event.phase == "merge" and event.step:
+            self.bar.set_postfix_str((event.detail or event.label)[-40:], refresh=True)
+        if self.verbose and event.phase == "merge" and event.step and not event.detail:
             elapsed = time.perf_counter() - self.began
             eta = elapsed / event.step * (event.total - event.step)
             self._print(f"  {event.method}: {event.step}/{event.total} {event.label} (eta {eta:.0f}s)")

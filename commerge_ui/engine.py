@@ -24,7 +24,7 @@ from .errors import Cancelled
 from .families.base import EncodedSamples, Family
 from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, linear_shape, pre_hooks,
                      set_group_weight)
-from .methods import EXPERT_ON_MERGED, Method
+from .methods import EXPERT_INPUTS, EXPERT_ON_MERGED, MERGED_INPUTS, Method
 from .resources import PeakMemory
 from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
 from .sources import ModelSource
@@ -52,6 +52,7 @@ class ProgressEvent:
     total: int  # 0 at a merge's first event: not known until block 0's layer groups are found
     label: str  # the unit just done (merge) or now running (the other phases)
     phase: str = "merge"
+    detail: str = ""  # progress inside the unit (a micro-batch of a long layer group); step is unchanged
 
     @property
     def ends_phase(self) -> bool:
@@ -144,9 +145,9 @@ class _BlockMerger:
     """Merges one block: expert passes, then the merged pass with a solve at each layer group."""
 
     def __init__(self, method: Method, options: MergeOptions, tasks: list[EngineTask], masks: list[torch.Tensor],
-                 trace: MergeTrace, on_group: Callable[[str], None]) -> None:
+                 trace: MergeTrace, on_group: Callable[[str], None], on_batch: Callable[[str], None]) -> None:
         self.method, self.options, self.tasks, self.masks = method, options, tasks, masks
-        self.trace, self.on_group = trace, on_group
+        self.trace, self.on_group, self.on_batch = trace, on_group, on_batch
         self.stat_dtype = torch.float64 if options.gram_dtype == "float64" else torch.float32
 
     def with_bias(self, modules: list[nn.Module]) -> bool:
@@ -179,64 +180,82 @@ class _BlockMerger:
                             merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None],
                             batch: int) -> None:
         """merge_block in micro-batches of `batch` samples (docs/method.md §6b): memory no longer grows with the
-        calibration set. Per layer group, each micro-batch runs the expert's block and the merged block (earlier
-        groups already merged) up to that group and adds its terms; the group is solved once all are in. Then
-        every stream advances through the finished block, micro-batch by micro-batch."""
+        calibration set. Per layer group, each micro-batch runs the expert's block up to that group, and for a
+        method that reads X̂ (CoM) the merged block too (earlier groups already merged); the group is solved
+        once all micro-batches are in. Then every stream advances through the finished block, micro-batch by
+        micro-batch, and the shifts are measured on the way."""
         dtype = next(block.parameters()).dtype
         expert_blocks = [_load_block(block, task.source, path, dtype) for task in self.tasks]
         for name, param in block.named_parameters():
             merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
-        for group, label in zip(groups, labels):
-            self.solve_batched(group, label, block, expert_blocks, expert_streams, merged_stream, batch)
+        if self.method.regression:
+            for group, label in zip(groups, labels):
+                self.solve_batched(group, label, block, expert_blocks, expert_streams, merged_stream, batch)
+        self.advance_batched(block, groups, expert_blocks, expert_streams, merged_stream, batch)
+        if not self.method.regression:
+            for label in labels:
+                self.on_group(label)
+
+    def advance_batched(self, block: nn.Module, groups: list[LayerGroup], expert_blocks: list[nn.Module],
+                        expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:
+        """Every stream through the merged block, micro-batch by micro-batch, measuring each group's shift and
+        the block output's. A group's X̂ here is the one its solve saw: only earlier groups shape it."""
         merged_hidden = torch.empty_like(merged_stream.hidden)
         for task, mask, expert_block, stream in zip(self.tasks, self.masks, expert_blocks, expert_streams):
-            expert_out, merged_out, shift = [], [], _ShiftSum()
+            expert_out, shifts, block_shift = [], {g: _ShiftSum() for g in groups}, _ShiftSum()
             for chunk, rows in _chunks(task, batch):
-                expert_out.append(run_block(expert_block, rows_stream(stream, chunk)))
-                merged_out.append(run_block(block, rows_stream(merged_stream, rows)))
+                out, xs = self.expert_pass(expert_block, rows_stream(stream, chunk), mask[chunk], groups)
+                merged_out, x_hats = self.expert_pass(block, rows_stream(merged_stream, rows), mask[chunk], groups)
+                for group in groups:
+                    shifts[group].add(x_hats[group], xs[group])
                 real = mask[chunk]
-                shift.add(merged_out[-1][real].to(self.stat_dtype), expert_out[-1][real].to(self.stat_dtype))
+                block_shift.add(merged_out[real].to(self.stat_dtype), out[real].to(self.stat_dtype))
+                expert_out.append(out)
+                merged_hidden[rows] = merged_out
             stream.hidden = torch.cat(expert_out)
-            merged_hidden[task.rows] = torch.cat(merged_out)
-            self.trace.block_shift[task.name].append(shift.value())
+            self.trace.shift[task.name].extend(shifts[g].value() for g in groups)
+            self.trace.block_shift[task.name].append(block_shift.value())
         merged_stream.hidden = merged_hidden
 
     def solve_batched(self, group: LayerGroup, label: str, block: nn.Module, expert_blocks: list[nn.Module],
                       expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:
-        """One layer group from micro-batches: its terms and its shift summed over them, then one solve."""
-        on_merged = EXPERT_ON_MERGED in self.method.reads
+        """One layer group from micro-batches: its terms summed over them, then one solve. Only what the method
+        reads is run: the merged block's prefix for X̂ (CoM), the expert's on the merged stream (RegMean++)."""
+        reads = self.method.reads
+        assert self.method.group_terms is not None
         bias = self.with_bias(group.modules(block))
-        regression = self.method.group_terms is not None
-        weights = [group_weight(group.modules(b), bias).to(self.stat_dtype) if regression else None
-                   for b in expert_blocks]
-        w_mean = mean_weight(weights) if regression else None
+        weights = [group_weight(group.modules(b), bias).to(self.stat_dtype) for b in expert_blocks]
+        w_mean = mean_weight(weights)
         alpha, _ = self.method.regularization(self.options)
         terms, tokens = [], []
         for task, mask, expert_block, stream, w in zip(self.tasks, self.masks, expert_blocks, expert_streams, weights):
             total: TaskTerms | None = None
-            count, shift = 0, _ShiftSum()
-            for chunk, rows in _chunks(task, batch):
-                x = input_at(expert_block, group, rows_stream(stream, chunk), mask[chunk], self.stat_dtype)
+            count = 0
+            chunks = _chunks(task, batch)
+            for number, (chunk, rows) in enumerate(chunks, 1):
+                real = mask[chunk]
                 merged_rows = rows_stream(merged_stream, rows)
-                x_hat = input_at(block, group, merged_rows, mask[chunk], self.stat_dtype)
-                shift.add(x_hat, x)
-                count += x.shape[0]
-                if not regression:
-                    continue
-                z = input_at(expert_block, group, merged_rows, mask[chunk], self.stat_dtype) if on_merged else None
-                part = GroupInputs(augment(x, bias), augment(x_hat, bias), None if z is None else augment(z, bias),
-                                   w, w_mean, task.weight)
+
+                def read(what: str, run_on: nn.Module, stream_rows: Stream) -> torch.Tensor | None:
+                    if what not in reads:
+                        return None
+                    return augment(input_at(run_on, group, stream_rows, real, self.stat_dtype), bias)
+
+                x = read(EXPERT_INPUTS, expert_block, rows_stream(stream, chunk))
+                x_hat = read(MERGED_INPUTS, block, merged_rows)
+                z = read(EXPERT_ON_MERGED, expert_block, merged_rows)
+                count += int(real.sum())
+                part = GroupInputs(x, x_hat, z, w, w_mean, task.weight)
                 total = add_terms(total, self.method.group_terms(part, alpha, self.options))
-            self.trace.shift[task.name].append(shift.value())
-            if total is not None:
-                terms.append(total)
-                tokens.append(count)
-        if terms:
-            merged, warning = solve_layer_group(self.method, terms, tokens, [t.weight for t in self.tasks], w_mean,
-                                                self.options, where=label)
-            if warning:
-                self.trace.warnings.append(warning)
-            set_group_weight(group.modules(block), merged, bias)
+                self.on_batch(f"{label} · {task.name} micro-batch {number}/{len(chunks)}")
+            assert total is not None
+            terms.append(total)
+            tokens.append(count)
+        merged, warning = solve_layer_group(self.method, terms, tokens, [t.weight for t in self.tasks], w_mean,
+                                            self.options, where=label)
+        if warning:
+            self.trace.warnings.append(warning)
+        set_group_weight(group.modules(block), merged, bias)
         self.on_group(label)
 
     def expert_pass(self, expert_block: nn.Module, stream: Stream, mask: torch.Tensor,
@@ -343,6 +362,14 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         if cancel and cancel():
             raise Cancelled(f"{method.name}: cancelled after {label}")
 
+    def on_batch(detail: str) -> None:
+        """A micro-batch of a layer group done: progress and cancel inside long groups; nothing is written yet."""
+        memory.sample()
+        if progress:
+            progress(ProgressEvent(method.name, counter["step"], counter["total"], "", detail=detail))
+        if cancel and cancel():
+            raise Cancelled(f"{method.name}: cancelled during {detail}")
+
     def merge_tensor(name: str, experts: Iterable[torch.Tensor], param: torch.Tensor) -> None:
         base_tensor = base.get(name).to(param.device, param.dtype) if method.needs_base else None
         param.copy_(method.merge_tensor(base_tensor, experts, options, name))
@@ -362,7 +389,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
             trace.layers.extend(labels)
             if index == 0:
                 trace.merge_batch = plan_batch(options, groups, block, calibration, method)
-            merger = _BlockMerger(method, options, tasks, masks, trace, on_group)
+            merger = _BlockMerger(method, options, tasks, masks, trace, on_group, on_batch)
             if trace.merge_batch is None:
                 merger.merge_block(block, path, groups, labels, expert_streams, merged_stream, merge_tensor)
             else:

@@ -105,11 +105,13 @@ def dare_ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOpt
 def regmean_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
     """RegMean (Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models", ICLR 2023):
     Grams of the unmerged expert's own inputs."""
+    assert inputs.x is not None
     return regmean_terms(inputs.x, inputs.w, inputs.w_mean, alpha)
 
 
 def com_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
     """Chain of Merges: the partially merged model's inputs X̂ regressed onto the expert's outputs X W_i."""
+    assert inputs.x_hat is not None and inputs.x is not None
     return com_terms(inputs.x_hat, inputs.x, inputs.w, inputs.w_mean, alpha, options.target)
 
 
@@ -131,8 +133,9 @@ def com_regularization(options: MergeOptions) -> tuple[float, float]:
     return (1.0, options.ridge) if options.com_regularization == "ridge" else (options.alpha, 0.0)
 
 
-# What an activation-based method reads, per layer group. The first two are always gathered (the shift is
-# measured on them); the third costs one more expert forward per block and is run only for a method reading it.
+# What an activation-based method reads, per layer group. In one pass the first two are always gathered (the
+# shift is measured on them); the third costs one more expert forward per block and is run only for a method
+# reading it. Micro-batched, each is gathered only for a method that reads it (the shift has its own pass).
 EXPERT_INPUTS = "expert_inputs"  # X_i: expert i's own stream
 MERGED_INPUTS = "merged_inputs"  # X̂_i: the partially merged model's stream
 EXPERT_ON_MERGED = "expert_on_merged"  # expert i's block run on the merged stream's block input

@@ -27,10 +27,11 @@ class TaskTerms:
 @dataclass
 class GroupInputs:
     """What one task brings to a layer group's solve. Rows are its real tokens; with `bias: regress` every
-    input has a column of ones appended and W a bias row."""
+    input has a column of ones appended and W a bias row. Micro-batched, only what the method `reads` is
+    gathered; the rest is None."""
 
-    x: torch.Tensor  # X_i: the group's inputs in expert i, on its own stream
-    x_hat: torch.Tensor  # X̂_i: the group's inputs in the partially merged model
+    x: torch.Tensor | None  # X_i: the group's inputs in expert i, on its own stream
+    x_hat: torch.Tensor | None  # X̂_i: the group's inputs in the partially merged model
     x_on_merged: torch.Tensor | None  # expert i's block run on the merged block input (RegMean++), if read
     w: torch.Tensor  # W_i [d_in (+1), d_out]
     w_mean: torch.Tensor  # W̄, float64

@@ -96,3 +96,25 @@ def test_sink_tokens_leave_each_samples_first_real_tokens_out():
                                                  [False, False, False, False]]
     assert statistics_mask(mask, 2).tolist() == [[False, False, True, False], [False, False, False, True],
                                                  [False, False, False, False]]
+
+
+def test_micro_batches_report_progress_and_cancel_leaves_nothing_written(tiny, tmp_path):
+    from commerge_ui.errors import Cancelled
+
+    config = tiny.config(methods=["com"])
+    config["options"] = {**config["options"], "merge_batch": 5}
+    seen = []
+    run_merge(parse_config(config), progress=seen.append)
+    inside = [e for e in seen if e.phase == "merge" and e.detail]
+    # 24 samples per task in micro-batches of 5: 5 per task and layer group
+    first_group = [e for e in inside if e.step == 0]
+    assert [e.detail.split(" · ")[1] for e in first_group][:5] == [f"task0 micro-batch {i}/5" for i in range(1, 6)]
+    assert all(not e.ends_phase for e in inside)
+
+    out = tmp_path / "out"
+    seen.clear()
+    with pytest.raises(Cancelled, match="cancelled"):  # pressed during the first micro-batches
+        run_merge(parse_config(config), out_dir=out, save=["com"], progress=seen.append,
+                  cancel=lambda: any(e.detail for e in seen))
+    assert seen[-1].detail.endswith("micro-batch 1/5") and seen[-1].step == 0
+    assert not out.exists() or not any(out.iterdir())

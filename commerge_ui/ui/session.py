@@ -148,7 +148,7 @@ class RunProgress:
         if row.phase != event.phase:
             row.start(event.phase, now)
             row.done = False
-        row.step, row.total, row.label = event.step, event.total, event.label
+        row.step, row.total, row.label = event.step, event.total, event.detail or event.label
         if event.ends_phase:
             row.seconds[event.phase] = now - (now if row.phase_began is None else row.phase_began)
             row.done = event.phase in ("references", "score", "save")  # a method is done once scored (or saved)
