@@ -100,8 +100,9 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     reports: dict[str, MethodReport] = {}
     for name in config.methods:
         say(f"merging with {METHODS[name].title}")
-        reports[name], layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
-                                                 calibration, config, torch_device, notify)
+        reports[name], merged_layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
+                                                        calibration, config, torch_device, notify)
+        layers = merged_layers or layers  # a data-free merge without its shift has no layers
         if out_dir is not None and name in save:
             say(f"saving {METHODS[name].title}")
             notify(ProgressEvent(name, 0, 1, name, "save"))

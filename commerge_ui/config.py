@@ -60,6 +60,8 @@ class MergeOptions(BaseModel):
     merge_batch: int = Field(0, ge=0, description="calibration samples per forward while merging; 0: all at "
                              "once when their captured layer inputs fit merge_memory_gb, else as many as fit")
     merge_memory_gb: float = Field(2.0, gt=0.0, description="budget for the layer inputs captured per block")
+    data_free_shift: bool = Field(True, description="measure the data-free methods' shift too (it costs their "
+                                  "calibration forwards); off: they merge tensor by tensor, with no shift curve")
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
                                         description="CLIP zero-shot prompts; '{}' is the class name")
 

@@ -374,6 +374,12 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         base_tensor = base.get(name).to(param.device, param.dtype) if method.needs_base else None
         param.copy_(method.merge_tensor(base_tensor, experts, options, name))
 
+    if not method.regression and not options.data_free_shift:
+        with torch.no_grad():
+            merge_tensor_by_tensor(backbone, tasks, merge_tensor, progress_of=method.name, progress=progress, cancel=cancel)
+        memory.sample()
+        return MergeTrace()
+
     with torch.no_grad():
         expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor)
         memory.sample()
@@ -397,6 +403,21 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
                                            trace.merge_batch)
             memory.sample()
     return trace
+
+
+def merge_tensor_by_tensor(backbone: nn.Module, tasks: list[EngineTask],
+                           merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None],
+                           progress_of: str, progress: Callable[[ProgressEvent], None] | None = None,
+                           cancel: Callable[[], bool] | None = None) -> None:
+    """A data-free merge without the calibration forwards (options.data_free_shift off): every tensor by the
+    method's rule, as mergekit does; the trace has no layers and no shift. Progress counts tensors."""
+    params = list(backbone.named_parameters())
+    for step, (name, param) in enumerate(params, 1):
+        merge_tensor(name, (t.source.get(name).to(param.device, param.dtype) for t in tasks), param)
+        if progress:
+            progress(ProgressEvent(progress_of, step, len(params), name))
+        if cancel and cancel():
+            raise Cancelled(f"{progress_of}: cancelled after {name}")
 
 
 def _rows_of(stream: Stream, rows: slice) -> tuple[tuple, dict]:

@@ -133,3 +133,29 @@ def test_linear_rules_stream_the_experts_and_match_the_stacked_rule():
     assert all(torch.equal(a, b) for a, b in zip(before, experts))
     ties_merged = METHODS["ties"].merge_tensor(base, iter(experts), options)  # a non-linear rule takes a list
     torch.testing.assert_close(ties_merged, ties(base, experts, options))
+
+
+def test_data_free_methods_skip_the_calibration_forwards_when_their_shift_is_not_asked(tiny, tmp_path, monkeypatch):
+    from commerge_ui.sources import SafetensorsWeights
+
+    methods = ["com", "ties", "average"]
+    config = tiny.config(methods=methods)
+    with_shift = run_merge(parse_config(config), out_dir=tmp_path / "with", save=methods)
+    config["options"] = {**config["options"], "data_free_shift": False}
+    forwards = []
+    original = commerge_ui.engine.run_block
+    monkeypatch.setattr(commerge_ui.engine, "run_block", lambda *a: forwards.append(1) or original(*a))
+    without = run_merge(parse_config(config), out_dir=tmp_path / "without", save=methods)
+    assert without.layers == with_shift.layers and without.methods["com"].shift  # CoM still measures its shift
+    for method in ["ties", "average"]:
+        assert without.methods[method].shift == {} and without.methods[method].block_shift == {}
+        assert without.methods[method].scores == with_shift.methods[method].scores
+        a, b = SafetensorsWeights(tmp_path / "with" / method), SafetensorsWeights(tmp_path / "without" / method)
+        for name in a.names():
+            assert torch.equal(a.get(name), b.get(name)), (method, name)
+    # the forwards that remain are CoM's (its layer groups found on one probe row per block, then its passes)
+    com_only = list(forwards)
+    forwards.clear()
+    config["methods"] = ["ties", "average"]
+    run_merge(parse_config(config))
+    assert forwards == [] and com_only
