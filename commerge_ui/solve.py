@@ -18,10 +18,35 @@ if TYPE_CHECKING:
 
 @dataclass
 class TaskTerms:
-    """One task's contribution to the normal equations A Δ = B of a layer group, where W* = W̄ + Δ."""
+    """One task's contribution to the normal equations A Δ = B of a layer group, where W* = W̄ + Δ.
+
+    B = rhs + Σ_k M_k V_k. The products are formed once, at the solve: M_k [d, d] are sums over tokens that add
+    up across micro-batches, V_k [d, d_out] (float64) are fixed per task, so a micro-batch costs its Grams and
+    not a float64 [d, d] × [d, d_out] product each (docs/method.md §6b). M_k None stands for A itself."""
 
     lhs: torch.Tensor  # A_i [d, d], in the statistics dtype
-    rhs: torch.Tensor  # B_i [d, d_out], float64
+    rhs: torch.Tensor | None = None  # the part of B_i formed per token batch [d, d_out], float64
+    products: tuple[tuple[torch.Tensor | None, torch.Tensor], ...] = ()  # (M_k or None for A_i, V_k)
+
+    def b(self) -> torch.Tensor:
+        """B_i, formed."""
+        total = self.rhs
+        for m, v in self.products:
+            part = (self.lhs if m is None else m).double() @ v
+            total = part if total is None else total + part
+        assert total is not None, "terms without a right-hand side"
+        return total
+
+    def scaled(self, scale: float) -> "TaskTerms":
+        return TaskTerms(self.lhs * scale, None if self.rhs is None else self.rhs * scale,
+                         tuple((None if m is None else m * scale, v) for m, v in self.products))
+
+    def __add__(self, other: "TaskTerms") -> "TaskTerms":
+        """The same task's terms from more tokens (another micro-batch): the sums add, the V_k are shared."""
+        assert len(self.products) == len(other.products)
+        rhs = other.rhs if self.rhs is None else self.rhs if other.rhs is None else self.rhs + other.rhs
+        products = tuple((None if m is None else m + n, v) for (m, v), (n, _) in zip(self.products, other.products))
+        return TaskTerms(self.lhs + other.lhs, rhs, products)
 
 
 @dataclass
@@ -62,7 +87,7 @@ def mean_weight(weights: list[torch.Tensor]) -> torch.Tensor:
 def regmean_terms(x: torch.Tensor, w: torch.Tensor, w_mean: torch.Tensor, alpha: float) -> TaskTerms:
     # RegMean: A_i = G̃_i, B_i = G̃_i (W_i − W̄), with G_i = X_iᵀX_i from the unmerged expert
     g = shrink(x.T @ x, alpha)
-    return TaskTerms(g, g.double() @ (w.double() - w_mean))
+    return TaskTerms(g, products=((None, w.double() - w_mean),))
 
 
 def com_terms(x_hat: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w_mean: torch.Tensor, alpha: float,
@@ -73,17 +98,15 @@ def com_terms(x_hat: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w_mean: tor
     a = shrink(gram, alpha)
     step = w.double() - w_mean
     if target == "expert_weights":  # per-layer RegMean++: pull toward W_i under the merged inputs' Gram
-        return TaskTerms(a, a.double() @ step)
+        return TaskTerms(a, products=((None, step),))
     drift = x - x_hat  # zero where the merged prefix reproduces the expert's inputs
     d_in, d_out = w.shape
     if 3 * d_out < d_in:  # narrow outputs: X̂ᵀ[(X − X̂)W_i] costs 2·N·d_in·d_out, less than X̂ᵀ(X − X̂)
         cross = x_hat.T @ (drift @ w.to(drift.dtype))
         diagonal = (x_hat * drift).sum(dim=0)
-        rhs = (a.double() @ step + alpha * cross.double()
-               + (1 - alpha) * diagonal.double()[:, None] * w.double())
-    else:
-        rhs = a.double() @ step + shrink(x_hat.T @ drift, alpha).double() @ w.double()
-    return TaskTerms(a, rhs)
+        rhs = alpha * cross.double() + (1 - alpha) * diagonal.double()[:, None] * w.double()
+        return TaskTerms(a, rhs, ((None, step),))
+    return TaskTerms(a, products=((None, step), (shrink(x_hat.T @ drift, alpha), w.double())))
 
 
 def task_scale(terms: TaskTerms, tokens: int, normalize: str, weight: float) -> TaskTerms:
@@ -94,7 +117,7 @@ def task_scale(terms: TaskTerms, tokens: int, normalize: str, weight: float) -> 
         scale = weight * terms.lhs.shape[0] / float(torch.trace(terms.lhs).clamp_min(1e-12))
     else:
         scale = weight
-    return TaskTerms(terms.lhs * scale, terms.rhs * scale)
+    return terms.scaled(scale)
 
 
 def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0,
@@ -106,7 +129,7 @@ def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0
     warning naming the layer.
     """
     lhs = sum(t.lhs.double() for t in terms)
-    rhs = sum(t.rhs for t in terms)
+    rhs = sum(t.b() for t in terms)
     if not (torch.isfinite(lhs).all() and torch.isfinite(rhs).all()):
         raise MergeError(f"{where}: the calibration statistics contain NaN or Inf (overflow in the "
                          "activations?); try float32 instead of float16/bfloat16")
@@ -134,7 +157,7 @@ class GroupMethod(Protocol):
 
 def add_terms(total: TaskTerms | None, part: TaskTerms) -> TaskTerms:
     """Terms are sums over tokens: a micro-batch's terms add to the others' (docs/method.md §6b)."""
-    return part if total is None else TaskTerms(total.lhs + part.lhs, total.rhs + part.rhs)
+    return part if total is None else total + part
 
 
 def solve_layer_group(method: GroupMethod, terms: list[TaskTerms], tokens: list[int], weights: list[float],
