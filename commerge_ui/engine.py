@@ -200,9 +200,8 @@ class _BlockMerger:
                         expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:
         """Every stream through the merged block, micro-batch by micro-batch, measuring each group's shift and
         the block output's. A group's X̂ here is the one its solve saw: only earlier groups shape it."""
-        merged_hidden = torch.empty_like(merged_stream.hidden)
         for task, mask, expert_block, stream in zip(self.tasks, self.masks, expert_blocks, expert_streams):
-            expert_out, shifts, block_shift = [], {g: _ShiftSum() for g in groups}, _ShiftSum()
+            shifts, block_shift = {g: _ShiftSum() for g in groups}, _ShiftSum()
             for chunk, rows in _chunks(task, batch):
                 out, xs = self.expert_pass(expert_block, rows_stream(stream, chunk), mask[chunk], groups)
                 merged_out, x_hats = self.expert_pass(block, rows_stream(merged_stream, rows), mask[chunk], groups)
@@ -210,12 +209,12 @@ class _BlockMerger:
                     shifts[group].add(x_hats[group], xs[group])
                 real = mask[chunk]
                 block_shift.add(merged_out[real].to(self.stat_dtype), out[real].to(self.stat_dtype))
-                expert_out.append(out)
-                merged_hidden[rows] = merged_out
-            stream.hidden = torch.cat(expert_out)
+                # In place: no other micro-batch reads these rows, and a second copy of a stream would grow
+                # with the calibration set.
+                stream.hidden[chunk] = out
+                merged_stream.hidden[rows] = merged_out
             self.trace.shift[task.name].extend(shifts[g].value() for g in groups)
             self.trace.block_shift[task.name].append(block_shift.value())
-        merged_stream.hidden = merged_hidden
 
     def solve_batched(self, group: LayerGroup, label: str, block: nn.Module, expert_blocks: list[nn.Module],
                       expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:

@@ -118,3 +118,67 @@ def test_micro_batches_report_progress_and_cancel_leaves_nothing_written(tiny, t
                   cancel=lambda: any(e.detail for e in seen))
     assert seen[-1].detail.endswith("micro-batch 1/5") and seen[-1].step == 0
     assert not out.exists() or not any(out.iterdir())
+
+
+def _wide_llama(root, experts: int) -> list:
+    """A Llama decoder wide enough that captured activations, not weights, dominate a merge's memory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=1000, hidden_size=384, intermediate_size=1024, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    base.save_pretrained(root / "base")
+    folders = [root / "base"]
+    for i in range(experts):
+        with torch.no_grad():
+            for p in base.parameters():
+                p.add_(0.05 * p.std() * torch.randn_like(p))
+        base.save_pretrained(root / f"e{i}")
+        folders.append(root / f"e{i}")
+    return folders
+
+
+def _merge_peak(folders: list, samples: int, tokens: int, batch: int) -> int:
+    """RegMean through the engine in this (fresh) process: peak anonymous memory above the loaded model."""
+    from commerge_ui.engine import EngineTask, merge
+    from commerge_ui.families.causal_lm import CausalLM
+    from commerge_ui.resources import PeakMemory
+
+    torch.set_num_threads(1)
+    family, cpu = CausalLM(), torch.device("cpu")
+    backbone = family.load_backbone(folders[0], torch.float32, cpu)
+    names = [n for n, _ in backbone.named_parameters()]
+    sources = [find_source(SafetensorsWeights(f), names, "model.", f.name) for f in folders]
+    n = samples * (len(folders) - 1)
+    ids = torch.randint(5, 1000, (n, tokens), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(n, tokens, dtype=torch.long)
+    tasks = [EngineTask(f"t{i}", s, slice(i * samples, (i + 1) * samples)) for i, s in enumerate(sources[1:])]
+    memory = PeakMemory(cpu)
+    memory.sample()
+    before = memory.result()
+    merge(METHODS["regmean"], family, backbone, sources[0], tasks,
+          EncodedSamples({"input_ids": ids, "attention_mask": mask}, mask.bool()), MergeOptions(merge_batch=batch),
+          memory=memory)
+    return memory.result() - before
+
+
+@pytest.mark.slow
+def test_micro_batches_bound_memory_while_one_pass_grows_with_the_tokens(tmp_path):
+    import multiprocessing
+
+    folders = _wide_llama(tmp_path, experts=2)
+    peaks = {}
+    for samples in (8, 32):  # 4× the calibration tokens
+        for batch in (0, 4):  # one pass; micro-batches of 4 samples
+            # a fresh process per merge: the allocator keeps what earlier work used, which would blur the baseline
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                peaks[samples, batch] = pool.apply(_merge_peak, (folders, samples, 256, batch))
+    mib = {k: round(v / 2 ** 20) for k, v in peaks.items()}
+    # What must grow with the tokens: the streams (block inputs of both experts and of the merged model,
+    # float32). Everything else a micro-batched merge holds (one micro-batch's activations, the statistics)
+    # does not; one pass also holds every layer group's inputs for every token.
+    streams = (32 - 8) * 2 * 256 * 384 * 4 * 3
+    micro, one = peaks[32, 4] - peaks[8, 4], peaks[32, 0] - peaks[8, 0]
+    assert micro < 1.3 * streams, (mib, streams / 2 ** 20)
+    assert one > 3 * micro and one > 3 * streams, (mib, streams / 2 ** 20)
