@@ -13,7 +13,7 @@ merged forward per block, plus the Gram work; the merged prefix is never re-run.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -336,8 +336,7 @@ def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask]
         rows = {k: v[task.rows] for k, v in calibration.inputs.items()}
         expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows))
     for name, param in params.items():
-        # A generator: linear rules read one expert's tensor at a time (embeddings can be GiBs each).
-        merge_tensor(name, (t.source.get(name).to(param.device, param.dtype) for t in tasks), param)
+        merge_tensor(name, expert_tensors(tasks, name, param), param)
     return expert_streams, capture_block_inputs(family, backbone, blocks[0], calibration.inputs)
 
 
@@ -374,9 +373,14 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         param.copy_(method.merge_tensor(base_tensor, experts, options, name))
 
     if not method.regression and not options.data_free_shift:
+        # As mergekit does: every tensor by the method's rule, no calibration forwards, no layers or shift in
+        # the trace. Progress counts tensors.
+        params = list(backbone.named_parameters())
+        counter["total"] = len(params)
         with torch.no_grad():
-            merge_tensor_by_tensor(backbone, tasks, merge_tensor, progress_of=method.name, progress=progress, cancel=cancel)
-        memory.sample()
+            for name, param in params:
+                merge_tensor(name, expert_tensors(tasks, name, param), param)
+                on_group(name)
         return MergeTrace()
 
     with torch.no_grad():
@@ -404,19 +408,9 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
     return trace
 
 
-def merge_tensor_by_tensor(backbone: nn.Module, tasks: list[EngineTask],
-                           merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None],
-                           progress_of: str, progress: Callable[[ProgressEvent], None] | None = None,
-                           cancel: Callable[[], bool] | None = None) -> None:
-    """A data-free merge without the calibration forwards (options.data_free_shift off): every tensor by the
-    method's rule, as mergekit does; the trace has no layers and no shift. Progress counts tensors."""
-    params = list(backbone.named_parameters())
-    for step, (name, param) in enumerate(params, 1):
-        merge_tensor(name, (t.source.get(name).to(param.device, param.dtype) for t in tasks), param)
-        if progress:
-            progress(ProgressEvent(progress_of, step, len(params), name))
-        if cancel and cancel():
-            raise Cancelled(f"{progress_of}: cancelled after {name}")
+def expert_tensors(tasks: list[EngineTask], name: str, like: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The experts' copies of one tensor, read one at a time (embeddings can be GiBs each), as `like` is."""
+    return (t.source.get(name).to(like.device, like.dtype) for t in tasks)
 
 
 def _rows_of(stream: Stream, rows: slice) -> tuple[tuple, dict]:
