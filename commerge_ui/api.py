@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .export import model_card
 from .families import Family, detect_family
 from .families.base import EncodedSamples
 from .methods import METHODS, Method
+from .offload import Placement, pick_placement
 from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
 from .samples import Sample, label_names, read_samples
@@ -44,16 +46,18 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
               device: str = "auto", dtype: str = "float32", token: str | None = None,
               progress: Callable[[ProgressEvent], None] | None = None,
               cancel: Callable[[], bool] | None = None,
-              log: Callable[[str], None] | None = None) -> Report:
+              log: Callable[[str], None] | None = None, offload: str = "auto") -> Report:
     """Merge the config's experts with each of its methods, score every result and measure the shift.
 
     With `out_dir`, writes report.json there and a loadable model folder for each method in `save`.
+    `offload` ("auto", "on", "off") keeps the model's blocks and the streams in host memory with one block at
+    a time on the GPU (offload.py); "auto" does so when the model would fill more than half of the GPU.
     `progress` is called after every layer group; `cancel` is polled there and raises Cancelled.
     The token only reaches the Hub download; it is never stored or logged.
     Running out of GPU memory anywhere (loading, scoring, merging) raises MergeError with what to change.
     """
     try:
-        return _run_merge(config, out_dir, save, device, dtype, token, progress, cancel, log)
+        return _run_merge(config, out_dir, save, device, dtype, token, progress, cancel, log, offload)
     except torch.cuda.OutOfMemoryError:
         raise MergeError(OUT_OF_GPU_MEMORY) from None
     finally:
@@ -72,18 +76,22 @@ class Loaded:
     source: ModelSource
     names: list[str]  # the backbone's parameter names, in order
     expected: dict[str, tuple[int, ...]]  # name -> shape, what every expert must match
+    placement: Placement
 
 
 def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None, device: str, dtype: str,
                token: str | None, progress: Callable[[ProgressEvent], None] | None,
-               cancel: Callable[[], bool] | None, log: Callable[[str], None] | None) -> Report:
+               cancel: Callable[[], bool] | None, log: Callable[[str], None] | None, offload: str) -> Report:
     say = log or (lambda message: None)
     save = _check_request(config, save)
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
+    pick_placement(torch_device, offload, 0)  # an unknown mode is refused before anything loads
     torch.manual_seed(config.options.seed)
 
     say(f"resolving base {config.base}")
-    loaded = _load_base(config, torch_device, torch_dtype, token)
+    loaded = _load_base(config, torch_device, torch_dtype, token, offload)
+    if loaded.placement.offload:
+        say("keeping the blocks and the streams in host memory; one block at a time on the GPU")
     config = with_family_defaults(config, loaded.family)
     options = config.options
     experts, warnings = _load_experts(config, loaded, token, say)
@@ -116,7 +124,7 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
         experts={e.name: {"model": spec.model, "score": expert_scores[e.name]}
                  for e, spec in zip(experts, config.experts)},
         layers=layers, methods=reports, options=options.model_dump(by_alias=True),
-        device=str(torch_device), dtype=dtype, warnings=warnings,
+        device=str(torch_device), dtype=dtype, warnings=warnings, offload=loaded.placement.offload,
     )
     if out_dir is not None:
         report.write(out_dir / "report.json")
@@ -144,15 +152,24 @@ def _check_request(config: MergeConfig, save: list[str] | None) -> list[str]:
     return save
 
 
-def _load_base(config: MergeConfig, device: torch.device, dtype: torch.dtype, token: str | None) -> Loaded:
+def _load_base(config: MergeConfig, device: torch.device, dtype: torch.dtype, token: str | None,
+               offload: str) -> Loaded:
     folder = resolve_model(config.base, token=token)
     family = detect_family(folder, config.family, config.options.prompt_templates)
     processor = family.load_processor(folder)
-    backbone = family.load_backbone(folder, dtype, device)
+    weights = SafetensorsWeights(folder)
+    placement = pick_placement(device, offload, model_bytes(weights, dtype) if device.type == "cuda" else 0)
+    backbone = family.load_backbone(folder, dtype, device, placement.offload)
     expected = {n: tuple(p.shape) for n, p in backbone.named_parameters()}
     names = list(expected)
-    source = find_source(SafetensorsWeights(folder), names, f"{backbone.base_model_prefix}.", f"base {config.base}")
-    return Loaded(folder, family, processor, backbone, source, names, expected)
+    source = find_source(weights, names, f"{backbone.base_model_prefix}.", f"base {config.base}")
+    return Loaded(folder, family, processor, backbone, source, names, expected, placement)
+
+
+def model_bytes(weights: SafetensorsWeights, dtype: torch.dtype) -> int:
+    """What the folder's tensors take once loaded in `dtype`, from the safetensors headers (nothing is read)."""
+    element = torch.tensor([], dtype=dtype).element_size()
+    return sum(math.prod(weights.shape(name)) for name in weights.names()) * element
 
 
 def _load_experts(config: MergeConfig, loaded: Loaded, token: str | None,
@@ -230,7 +247,7 @@ class _Scorer:
         family, options = self.loaded.family, self.options
         key = (family.name, role, folder_fingerprint(task.folder), folder_fingerprint(self.loaded.folder),
                samples_digest(task.evaluation), tuple(task.labels or ()), tuple(options.prompt_templates),
-               options.batch_size, str(self.dtype), self.device.type)
+               options.batch_size, str(self.dtype), self.device.type, self.loaded.placement.offload)
 
         def compute() -> tuple[float | None, tuple[str, ...]]:
             seen = len(family.notes)
@@ -252,7 +269,7 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
     notify(ProgressEvent(method.name, 0, 0, "", "merge"))  # started; the engine knows the total after block 0
     began = time.perf_counter()
     trace = merge(method, family, loaded.backbone, loaded.source, tasks, calibration, config.options,
-                  notify.progress, notify.cancel, memory)
+                  notify.progress, notify.cancel, memory, loaded.placement)
     seconds = time.perf_counter() - began
     scored = [e for e in experts if e.evaluation is not None]
     scores: dict[str, float | None] = {e.name: None for e in experts}

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="methods whose merged model is saved, comma-separated (default: the first method)")
     merge.add_argument("--device", default="auto", help="auto | cpu | cuda")
     merge.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    merge.add_argument("--offload", default="auto", choices=["auto", "on", "off"],
+                       help="keep the model's blocks and the calibration streams in host memory, one block at a "
+                            "time on the GPU (auto: when the model would fill more than half of the GPU)")
     merge.add_argument("--force", action="store_true", help="replace an existing output folder")
     shown = merge.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:
             report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,
-                               token=os.environ.get("HF_TOKEN"), progress=printer, log=printer.log)
+                               token=os.environ.get("HF_TOKEN"), progress=printer, log=printer.log,
+                               offload=args.offload)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from .families.base import EncodedSamples, Family
 from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, linear_shape, pre_hooks,
                      set_group_weight)
 from .methods import EXPERT_INPUTS, EXPERT_ON_MERGED, MERGED_INPUTS, Method
+from .offload import Placement, on_device
 from .resources import PeakMemory
 from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
 from .sources import ModelSource
@@ -75,6 +76,10 @@ class Stream:
     hidden: torch.Tensor
     args: tuple
     kwargs: dict
+
+    def to(self, device: torch.device) -> "Stream":
+        """The same stream on `device` (a no-op where it already is): host-kept streams come in by micro-batch."""
+        return Stream(self.hidden.to(device), *_mapped(self.args, self.kwargs, lambda t: t.to(device)))
 
 
 class _StopForward(Exception):
@@ -145,10 +150,15 @@ class _BlockMerger:
     """Merges one block: expert passes, then the merged pass with a solve at each layer group."""
 
     def __init__(self, method: Method, options: MergeOptions, tasks: list[EngineTask], masks: list[torch.Tensor],
-                 trace: MergeTrace, on_group: Callable[[str], None], on_batch: Callable[[str], None]) -> None:
+                 trace: MergeTrace, on_group: Callable[[str], None], on_batch: Callable[[str], None],
+                 device: torch.device) -> None:
         self.method, self.options, self.tasks, self.masks = method, options, tasks, masks
         self.trace, self.on_group, self.on_batch = trace, on_group, on_batch
+        self.device = device  # where the block runs; micro-batches of host-kept streams are brought here
         self.stat_dtype = torch.float64 if options.gram_dtype == "float64" else torch.float32
+
+    def rows(self, stream: Stream, rows: slice) -> Stream:
+        return rows_stream(stream, rows).to(self.device)
 
     def with_bias(self, modules: list[nn.Module]) -> bool:
         return self.options.bias == "regress" and has_bias(modules)
@@ -203,14 +213,14 @@ class _BlockMerger:
         for task, mask, expert_block, stream in zip(self.tasks, self.masks, expert_blocks, expert_streams):
             shifts, block_shift = {g: _ShiftSum() for g in groups}, _ShiftSum()
             for chunk, rows in _chunks(task, batch):
-                out, xs = self.expert_pass(expert_block, rows_stream(stream, chunk), mask[chunk], groups)
-                merged_out, x_hats = self.expert_pass(block, rows_stream(merged_stream, rows), mask[chunk], groups)
+                out, xs = self.expert_pass(expert_block, self.rows(stream, chunk), mask[chunk], groups)
+                merged_out, x_hats = self.expert_pass(block, self.rows(merged_stream, rows), mask[chunk], groups)
                 for group in groups:
                     shifts[group].add(x_hats[group], xs[group])
                 real = mask[chunk]
                 block_shift.add(merged_out[real].to(self.stat_dtype), out[real].to(self.stat_dtype))
-                # In place: no other micro-batch reads these rows, and a second copy of a stream would grow
-                # with the calibration set.
+                # In place (onto the host where streams are kept there): no other micro-batch reads these
+                # rows, and a second copy of a stream would grow with the calibration set.
                 stream.hidden[chunk] = out
                 merged_stream.hidden[rows] = merged_out
             self.trace.shift[task.name].extend(shifts[g].value() for g in groups)
@@ -233,14 +243,14 @@ class _BlockMerger:
             chunks = _chunks(task, batch)
             for number, (chunk, rows) in enumerate(chunks, 1):
                 real = mask[chunk]
-                merged_rows = rows_stream(merged_stream, rows)
+                merged_rows = self.rows(merged_stream, rows)
 
                 def read(what: str, run_on: nn.Module, stream_rows: Stream) -> torch.Tensor | None:
                     if what not in reads:
                         return None
                     return augment(input_at(run_on, group, stream_rows, real, self.stat_dtype), bias)
 
-                x = read(EXPERT_INPUTS, expert_block, rows_stream(stream, chunk))
+                x = read(EXPERT_INPUTS, expert_block, self.rows(stream, chunk))
                 x_hat = read(MERGED_INPUTS, block, merged_rows)
                 z = read(EXPERT_ON_MERGED, expert_block, merged_rows)
                 count += int(real.sum())
@@ -343,13 +353,17 @@ def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask]
 def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource, tasks: list[EngineTask],
           calibration: EncodedSamples, options: MergeOptions,
           progress: Callable[[ProgressEvent], None] | None = None,
-          cancel: Callable[[], bool] | None = None, memory: PeakMemory | None = None) -> MergeTrace:
-    """Merge the experts into `backbone` (loaded with the base's weights) in place, with `method`."""
+          cancel: Callable[[], bool] | None = None, memory: PeakMemory | None = None,
+          placement: Placement | None = None) -> MergeTrace:
+    """Merge the experts into `backbone` (loaded with the base's weights) in place, with `method`.
+    With an offloading `placement` the backbone's blocks and the streams stay on the host (offload.py) and
+    each block is merged on the device; the calibration inputs are on the device."""
     block_path, blocks = family.blocks(backbone)
+    placement = placement or Placement(next(backbone.parameters()).device)
     trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
     sink = family.sink_tokens if options.sink_tokens is None else options.sink_tokens
     masks = [statistics_mask(calibration.token_mask[t.rows], sink) for t in tasks]
-    memory = memory or PeakMemory(next(backbone.parameters()).device)
+    memory = memory or PeakMemory(placement.device)
     counter = {"step": 0, "total": 0}
 
     def on_group(label: str) -> None:
@@ -379,32 +393,44 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         counter["total"] = len(params)
         with torch.no_grad():
             for name, param in params:
-                merge_tensor(name, expert_tensors(tasks, name, param), param)
+                work = param.to(placement.device)  # the parameter itself unless it is kept on the host
+                merge_tensor(name, expert_tensors(tasks, name, work), work)
+                if work is not param:
+                    param.copy_(work)
                 on_group(name)
         return MergeTrace()
 
+    device, store = placement.device, placement.store
     with torch.no_grad():
         expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor)
+        expert_streams, merged_stream = [s.to(store) for s in expert_streams], merged_stream.to(store)
         memory.sample()
 
         for index, block in enumerate(blocks):
             if cancel and cancel():
                 raise Cancelled(f"{method.name}: cancelled before block {index}")
             path = f"{block_path}.{index}"
-            probe = rows_stream(merged_stream, slice(0, 1))
-            groups = find_layer_groups(block, lambda: run_block(block, probe))
-            labels = [g.label(path) for g in groups]
-            counter["total"] = counter["total"] or len(groups) * len(blocks)
-            trace.layers.extend(labels)
-            if index == 0:
-                trace.merge_batch = plan_batch(options, groups, block, calibration, method)
-            merger = _BlockMerger(method, options, tasks, masks, trace, on_group, on_batch)
-            if trace.merge_batch is None:
-                merger.merge_block(block, path, groups, labels, expert_streams, merged_stream, merge_tensor)
-            else:
-                merger.merge_block_batched(block, path, groups, labels, expert_streams, merged_stream, merge_tensor,
-                                           trace.merge_batch)
-            memory.sample()
+            with on_device(block, placement):
+                probe = rows_stream(merged_stream, slice(0, 1)).to(device)
+                groups = find_layer_groups(block, lambda: run_block(block, probe))
+                labels = [g.label(path) for g in groups]
+                counter["total"] = counter["total"] or len(groups) * len(blocks)
+                trace.layers.extend(labels)
+                if index == 0:
+                    held = 2 * merged_stream.hidden.numel() * merged_stream.hidden.element_size()
+                    trace.merge_batch = plan_batch(options, groups, block, calibration, method,
+                                                   streams_bytes=held if placement.offload else 0)
+                merger = _BlockMerger(method, options, tasks, masks, trace, on_group, on_batch, device)
+                if trace.merge_batch is None:
+                    # One pass: the whole streams come to the device for the block (a no-op unless offloaded).
+                    here, merged_here = [s.to(device) for s in expert_streams], merged_stream.to(device)
+                    merger.merge_block(block, path, groups, labels, here, merged_here, merge_tensor)
+                    for stream, done in zip([*expert_streams, merged_stream], [*here, merged_here]):
+                        stream.hidden = done.hidden.to(store)
+                else:
+                    merger.merge_block_batched(block, path, groups, labels, expert_streams, merged_stream,
+                                               merge_tensor, trace.merge_batch)
+                memory.sample()
     return trace
 
 
@@ -416,15 +442,20 @@ def expert_tensors(tasks: list[EngineTask], name: str, like: torch.Tensor) -> It
 def _rows_of(stream: Stream, rows: slice) -> tuple[tuple, dict]:
     """The block's other arguments restricted to `rows` (tensors whose first axis is the batch)."""
     total = stream.hidden.shape[0]
+    return _mapped(stream.args, stream.kwargs,
+                   lambda t: t[rows] if t.dim() > 0 and t.shape[0] == total else t)
 
-    def take(value):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
-            return value[rows]
+
+def _mapped(args: tuple, kwargs: dict, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[tuple, dict]:
+    """`fn` applied to every tensor among a block's other arguments (inside tuples too)."""
+    def each(value):
+        if isinstance(value, torch.Tensor):
+            return fn(value)
         if isinstance(value, tuple):
-            return tuple(take(v) for v in value)
+            return tuple(each(v) for v in value)
         return value
 
-    return tuple(take(a) for a in stream.args), {k: take(v) for k, v in stream.kwargs.items()}
+    return tuple(each(a) for a in args), {k: each(v) for k, v in kwargs.items()}
 
 
 def statistics_mask(token_mask: torch.Tensor, sink_tokens: int) -> torch.Tensor:
@@ -457,17 +488,18 @@ class _ShiftSum:
 
 
 def plan_batch(options: MergeOptions, groups: list[LayerGroup], block: nn.Module, calibration: EncodedSamples,
-               method: Method) -> int | None:
+               method: Method, streams_bytes: int = 0) -> int | None:
     """Samples per forward while merging, or None for one pass over all of them (the fastest). One pass holds
-    every group's inputs for every real token of every task at once (twice with RegMean++'s extra read); when
-    that exceeds options.merge_memory_gb, micro-batches as large as the budget allows. merge_batch overrides."""
+    every group's inputs for every real token of every task at once (twice with RegMean++'s extra read), and,
+    when the streams are kept on the host, brings the streams (`streams_bytes`) to the device; when that
+    exceeds options.merge_memory_gb, micro-batches as large as the budget allows. merge_batch overrides."""
     if options.merge_batch:
         return options.merge_batch
     element = 8 if options.gram_dtype == "float64" else 4
     width = sum(linear_shape(g.modules(block)[0])[0] for g in groups)
     copies = 2 if EXPERT_ON_MERGED in method.reads else 1
     tokens = int(calibration.token_mask.sum())
-    need = tokens * width * element * copies
+    need = tokens * width * element * copies + streams_bytes
     budget = options.merge_memory_gb * 2 ** 30
     if need <= budget:
         return None

@@ -35,6 +35,7 @@ class Report:
     device: str
     dtype: str
     warnings: list[str] = field(default_factory=list)
+    offload: bool = False  # the blocks and the streams were kept on the host, one block at a time on the device
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

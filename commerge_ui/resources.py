@@ -28,7 +28,7 @@ def pick_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     """Anonymous resident memory: what the process holds itself. Memory-mapped safetensors pages, which the
     kernel can drop and re-read at will, would otherwise count every expert tensor ever read."""
     try:
@@ -53,7 +53,7 @@ class PeakMemory:
 
     def sample(self) -> None:
         if self.device.type != "cuda":
-            self.peak = max(self.peak, _rss_bytes())
+            self.peak = max(self.peak, rss_bytes())
 
     def result(self) -> int:
         if self.device.type == "cuda":

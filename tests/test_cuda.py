@@ -75,3 +75,88 @@ def test_a_real_out_of_memory_is_a_clear_message_and_nothing_is_written(tmp_path
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
     config = parse_config(setup.config(methods=["com"]))
     assert run_merge(config, device="cuda").methods["com"].average_score is not None  # the process is still usable
+
+
+def test_an_offloaded_merge_matches_the_on_device_one(tmp_path):
+    setup = make_lm_setup(tmp_path, "llama", layers=3, noise=0.5)
+    config = parse_config(setup.config(methods=["com", "regmean", "ties"]))
+    runs = {mode: run_merge(config, out_dir=tmp_path / mode, save=["com", "regmean", "ties"], device="cuda",
+                            offload=mode) for mode in ("off", "on")}
+    assert runs["on"].offload and not runs["off"].offload
+    for method in ("com", "regmean", "ties"):
+        on, off = runs["on"].methods[method], runs["off"].methods[method]
+        assert on.scores == pytest.approx(off.scores, rel=1e-4), method
+        for task, curve in off.shift.items():
+            assert on.shift[task] == pytest.approx(curve, rel=1e-4, abs=1e-6), (method, task)
+        a, b = SafetensorsWeights(tmp_path / "off" / method), SafetensorsWeights(tmp_path / "on" / method)
+        for name in a.names():
+            assert torch.allclose(a.get(name), b.get(name), atol=1e-5), (method, name)
+
+
+def _wide_llama(root, layers: int, experts: int = 2) -> list:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=1000, hidden_size=384, intermediate_size=1024, num_hidden_layers=layers,
+                         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    base.save_pretrained(root / "base")
+    folders = [root / "base"]
+    for i in range(experts):
+        with torch.no_grad():
+            for p in base.parameters():
+                p.add_(0.05 * p.std() * torch.randn_like(p))
+        base.save_pretrained(root / f"e{i}")
+        folders.append(root / f"e{i}")
+    return folders
+
+
+def _device_peak(folders: list, samples: int, offloaded: bool) -> tuple[int, int]:
+    """CoM in micro-batches of 4 through the engine: peak allocated GPU memory, and one block's bytes."""
+    from commerge_ui.compat import find_source
+    from commerge_ui.config import MergeOptions
+    from commerge_ui.engine import EngineTask, merge
+    from commerge_ui.families.base import EncodedSamples
+    from commerge_ui.families.causal_lm import CausalLM
+    from commerge_ui.methods import METHODS
+    from commerge_ui.offload import Placement
+
+    family, cuda = CausalLM(), torch.device("cuda")
+    torch.cuda.empty_cache()
+    backbone = family.load_backbone(folders[0], torch.float32, cuda, offloaded)
+    _, blocks = family.blocks(backbone)
+    block_bytes = sum(p.numel() * p.element_size() for p in blocks[0].parameters())
+    names = [n for n, _ in backbone.named_parameters()]
+    sources = [find_source(SafetensorsWeights(f), names, "model.", f.name) for f in folders]
+    ids = torch.randint(5, 1000, (samples * 2, 256), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    calibration = EncodedSamples({"input_ids": ids, "attention_mask": mask}, mask.bool()).to(cuda)
+    tasks = [EngineTask(f"t{i}", s, slice(i * samples, (i + 1) * samples)) for i, s in enumerate(sources[1:])]
+    torch.cuda.reset_peak_memory_stats(cuda)
+    merge(METHODS["com"], family, backbone, sources[0], tasks, calibration, MergeOptions(merge_batch=4),
+          placement=Placement(cuda, offloaded))
+    peak = torch.cuda.max_memory_allocated(cuda)
+    if offloaded:
+        assert {p.device.type for p in blocks.parameters()} == {"cpu"}
+        assert {p.device.type for n, p in backbone.named_parameters() if ".layers." not in n} == {"cuda"}
+    del backbone, blocks
+    torch.cuda.empty_cache()
+    return peak, block_bytes
+
+
+def test_offloaded_device_memory_grows_with_neither_depth_nor_tokens(tmp_path):
+    peaks, block = {}, 0
+    for layers in (4, 16):
+        folders = _wide_llama(tmp_path / f"l{layers}", layers)
+        for samples in ((8, 32) if layers == 16 else (8,)):
+            for offloaded in (False, True):
+                peaks[layers, samples, offloaded], block = _device_peak(folders, samples, offloaded)
+    mib = {k: round(v / 2 ** 20, 1) for k, v in peaks.items()}
+    # 12 more blocks: on the device, 12 blocks more; offloaded, less than one block (only the one at work is there)
+    assert peaks[16, 8, False] - peaks[4, 8, False] > 11 * block, mib
+    assert peaks[16, 8, True] - peaks[4, 8, True] < block, mib
+    # 4× the calibration tokens: the three streams (two experts', the merged one) grow by this much. Offloaded,
+    # they are on the host; what grows on the device is the one-time capture of block 0's inputs.
+    streams = (32 - 8) * 2 * 256 * 384 * 4 * 3
+    assert peaks[16, 32, False] - peaks[16, 8, False] > 0.9 * streams, mib
+    assert peaks[16, 32, True] - peaks[16, 8, True] < 0.6 * streams, mib

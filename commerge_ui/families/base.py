@@ -59,8 +59,9 @@ class Family(Protocol):
     def may_omit(self, name: str) -> bool:
         """Backbone tensors an expert may leave out of its files; the base's are used instead."""
 
-    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        """The part of the base model that is merged (blocks plus embeddings), ready for inference."""
+    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device, offload: bool = False) -> nn.Module:
+        """The part of the base model that is merged (blocks plus embeddings), ready for inference; offloaded,
+        its blocks stay on the host (offload.place_backbone) and scoring streams them through the device."""
 
     def load_processor(self, folder: Path):
         """The tokenizer or image processor that turns samples into model inputs."""

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
+from ..offload import Placement, blocks_streamed, place_backbone
 from ..samples import Sample
 from ..sources import ModelSource
 from .base import EncodedSamples
@@ -29,15 +30,16 @@ class CausalLM:
     sink_tokens = 1  # a causal LM's first token is its attention sink (docs/method.md §8b)
 
     def __init__(self) -> None:
-        self._placement = (torch.float32, torch.device("cpu"))  # the run's; experts are scored the same way
+        self._placement = (torch.float32, Placement(torch.device("cpu")))  # the run's; experts are scored so too
         self.notes: list[str] = []
 
-    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        self._placement = (dtype, device)
+    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device, offload: bool = False) -> nn.Module:
+        self._placement = (dtype, Placement(device, offload))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=False)
         model.config.use_cache = False
-        return model.to(device).eval()
+        place_backbone(model, self.blocks(model)[1], self._placement[1])
+        return model.eval()
 
     def load_processor(self, folder: Path):
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
@@ -71,8 +73,13 @@ class CausalLM:
     def score(self, backbone: nn.Module | None, expert: ModelSource, processor, samples: list[Sample],
               batch_size: int, class_names: list[str] | None = None) -> float:
         # The expert is loaded whole, once, next to the merged model: two models at most, never all experts.
-        model = backbone if backbone is not None else self.load_backbone(expert.weights.folder, *self._placement)
-        return perplexity(model, self.encode(processor, samples, MAX_EVAL_LENGTH), min(batch_size, MAX_EVAL_BATCH))
+        # Offloaded, both keep their blocks on the host and each block visits the device for its forward.
+        dtype, placement = self._placement
+        model = backbone if backbone is not None else self.load_backbone(expert.weights.folder, dtype,
+                                                                         placement.device, placement.offload)
+        with blocks_streamed(self.blocks(model)[1], placement):
+            return perplexity(model, self.encode(processor, samples, MAX_EVAL_LENGTH),
+                              min(batch_size, MAX_EVAL_BATCH))
 
     def save_task_head(self, expert: ModelSource, out_dir: Path, class_names: list[str] | None = None) -> None:
         return None  # one LM head serves every task

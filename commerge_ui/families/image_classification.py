@@ -16,6 +16,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
 from ..images import open_rgb
+from ..offload import Placement, blocks_streamed, place_backbone
 from ..samples import Sample, class_indices, label_names
 from ..sources import ModelSource, read_config_file
 from .base import FULL_CLIP_NEEDED, EncodedSamples, quiet_loading
@@ -58,19 +59,20 @@ class ImageClassification:
             raise InputError(f"{base_folder}: {FULL_CLIP_NEEDED}")
         self.base_folder = base_folder
         self.templates = list(templates or DEFAULT_TEMPLATES)
-        self._placement = (torch.float32, torch.device("cpu"))
+        self._placement = (torch.float32, Placement(torch.device("cpu")))
         self._text_tower: nn.Module | None = None
         self._tokenizer = None
         self._heads: dict[tuple[str, ...], torch.Tensor] = {}
         self.notes: list[str] = []  # how labels were read, where that was ambiguous (the report's warnings)
 
-    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        self._placement = (dtype, device)
+    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device, offload: bool = False) -> nn.Module:
+        self._placement = (dtype, Placement(device, offload))
         with quiet_loading():
             model = CLIPVisionModelWithProjection.from_pretrained(
                 folder, config=_sub_config(folder, "vision"), dtype=dtype, use_safetensors=True,
                 trust_remote_code=False)
-        return model.to(device).eval()
+        place_backbone(model, self.blocks(model)[1], self._placement[1])
+        return model.eval()
 
     def load_processor(self, folder: Path) -> ClipProcessors:
         vision = _sub_config(folder, "vision")
@@ -128,7 +130,8 @@ class ImageClassification:
 
     def expert_tower(self, expert: ModelSource) -> nn.Module:
         """The expert's vision tower: the base's, with every tensor the expert stores put in place."""
-        tower = self.load_backbone(self.base_folder, *self._placement)
+        dtype, placement = self._placement
+        tower = self.load_backbone(self.base_folder, dtype, placement.device, placement.offload)
         with torch.no_grad():
             for name, param in tower.named_parameters():
                 param.copy_(expert.get(name).to(param.dtype))
@@ -144,7 +147,7 @@ class ImageClassification:
         tower = backbone if backbone is not None else self.expert_tower(expert)
         param = next(tower.parameters())
         correct = 0
-        with torch.no_grad():
+        with torch.no_grad(), blocks_streamed(self.blocks(tower)[1], self._placement[1]):
             for start in range(0, len(samples), batch_size):
                 chunk = self.encode(processor, samples[start:start + batch_size], 0).to(param.device)
                 embeds = nn.functional.normalize(self.run_backbone(tower, chunk.inputs).image_embeds.float(), dim=-1)

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.utils import logging as transformers_logging
 
 from ..errors import InputError
+from ..offload import Placement, place_backbone
 from ..samples import Sample, class_indices
 from ..sources import ModelSource
 from .base import EncodedSamples
@@ -33,9 +34,12 @@ class TextClassification:
         self._classifier_of: tuple[Path, nn.Module] | None = None  # one at a time bounds memory
         self.notes: list[str] = []
 
-    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    def load_backbone(self, folder: Path, dtype: torch.dtype, device: torch.device, offload: bool = False) -> nn.Module:
+        # The merge keeps an offloaded backbone's blocks on the host; scoring builds the expert's classifier
+        # whole on the device (encoders this family serves are small).
         model = AutoModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, trust_remote_code=False)
-        return model.to(device).eval()
+        place_backbone(model, self.blocks(model)[1], Placement(device, offload))
+        return model.eval()
 
     def load_processor(self, folder: Path):
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
