@@ -28,11 +28,12 @@ class TaskTerms:
     rhs: torch.Tensor | None = None  # the part of B_i formed per token batch [d, d_out], float64
     products: tuple[tuple[torch.Tensor | None, torch.Tensor], ...] = ()  # (M_k or None for A_i, V_k)
 
-    def b(self) -> torch.Tensor:
-        """B_i, formed."""
+    def b(self, lhs64: torch.Tensor | None = None) -> torch.Tensor:
+        """B_i, formed (`lhs64`: A_i already in float64, where the caller has it)."""
         total = self.rhs
+        a = self.lhs.double() if lhs64 is None else lhs64
         for m, v in self.products:
-            part = (self.lhs if m is None else m).double() @ v
+            part = (a if m is None else m.double()) @ v
             total = part if total is None else total + part
         assert total is not None, "terms without a right-hand side"
         return total
@@ -69,8 +70,10 @@ def augment(x: torch.Tensor, with_bias: bool) -> torch.Tensor:
 
 
 def shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
-    # G̃ = α·G + (1−α)·diag(G)
-    return alpha * gram + (1 - alpha) * torch.diag_embed(torch.diagonal(gram))
+    # G̃ = α·G + (1−α)·diag(G): the off-diagonal scaled by α, the diagonal kept (exactly, as FusionBench's)
+    out = alpha * gram
+    out.diagonal().copy_(gram.diagonal())
+    return out
 
 
 def mean_weight(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -128,9 +131,11 @@ def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0
     Solved in float64 with a Cholesky factorisation; a singular system gets a growing ridge (toward W̄) and a
     warning naming the layer.
     """
-    lhs = sum(t.lhs.double() for t in terms)
-    rhs = sum(t.b() for t in terms)
-    if not (torch.isfinite(lhs).all() and torch.isfinite(rhs).all()):
+    lhs64 = [t.lhs.double() for t in terms]
+    lhs = sum(lhs64)
+    rhs = sum(t.b(a) for t, a in zip(terms, lhs64))
+    # A sum is finite only if every entry is (a NaN or an Inf carries through it): one reduction, not a mask
+    if not (torch.isfinite(lhs.sum()) and torch.isfinite(rhs.sum())):
         raise MergeError(f"{where}: the calibration statistics contain NaN or Inf (overflow in the "
                          "activations?); try float32 instead of float16/bfloat16")
     scale = float(torch.diagonal(lhs).mean().clamp_min(1e-12))
@@ -141,7 +146,7 @@ def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0
         factor, info = torch.linalg.cholesky_ex(lhs + mu * eye)
         if int(info) == 0:
             merged = w_mean + torch.cholesky_solve(rhs, factor)
-            if torch.isfinite(merged).all():
+            if torch.isfinite(merged.sum()):
                 return merged, warning
         mu = scale * 10.0 ** (attempt - 6) if attempt < 7 else scale
         warning = (f"{where}: singular or ill-conditioned statistics (too few or duplicated samples?); "
