@@ -2,6 +2,7 @@
 
     pip install mergekit==0.1.5 fusion-bench==0.2.33     # in a separate environment is fine
     python benchmarks/peer_check.py [CONFIG] [--samples 64]
+    python benchmarks/peer_check.py --timing [--repeats 3]   # RegMean's wall time against FusionBench's
 
 CONFIG is a text-classification config (default: the demo). Our run uses bias: average and float64
 statistics, the peers' conventions. Compared, per method, over every encoder tensor:
@@ -13,12 +14,20 @@ statistics, the peers' conventions. Compared, per method, over every encoder ten
                         divided by the token count; FusionBench's RegMean keeps one Gram per nn.Linear);
 - CoM                 vs the naive re-run-the-prefix CoM of commerge_ui/reference.py (no peer implements CoM).
 A peer that is not installed is reported as skipped.
+
+--timing instead times RegMean, ours against FusionBench's, on the same experts and samples and the same CPU,
+interleaved `--repeats` times: ours is the engine's merge (reading each expert's block from its files, the
+statistics, the solves and the shift measurement), theirs the Gram pass (each expert's forward with
+FusionBench's hook on every nn.Linear, float32, as `regmean_merging` collects them) plus
+`merging_with_regmean_weights`, with every expert already loaded. Both in float32, bias averaged.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -74,14 +83,66 @@ def gram_matrices(model: torch.nn.Module, batch: dict, mask: torch.Tensor) -> di
     return grams
 
 
+def fusionbench_grams(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    """FusionBench's regmean_merging hook, as it is: X^T X / rows over every token (padding too), per nn.Linear."""
+    grams, handles = {}, []
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("encoder.layer."):
+            def hook(m, args, output, name=name):
+                x = args[0].detach().reshape(-1, args[0].shape[-1])
+                grams[name] = x.T @ x / x.shape[0]
+            handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(**batch)
+    for h in handles:
+        h.remove()
+    return grams
+
+
+def timing(config, samples: int, repeats: int) -> None:
+    from fusion_bench.method.regmean.regmean import merging_with_regmean_weights
+
+    options = config.options.model_copy(update={"calibration_samples": samples, "bias": "average",
+                                                "gram_dtype": "float32"})
+    config = config.model_copy(update={"methods": ["regmean"], "options": options})
+    encoders = [BertForSequenceClassification.from_pretrained(e.model).bert.eval() for e in config.experts]
+    processor = FAMILY.load_processor(Path(config.base))
+    batches = [FAMILY.encode(processor, read_samples(spec.calibration, samples, options.seed),
+                             options.max_length).inputs for spec in config.experts]
+    params = {n: [dict(e.named_parameters())[n].detach() for e in encoders]
+              for n, _ in encoders[0].named_parameters() if n.startswith("encoder.layer.")}
+    ours, theirs = [], []
+    run_merge(config, device="cpu")  # warm: the experts' scores are cached, the files are in the page cache
+    for _ in range(repeats):
+        ours.append(run_merge(config, device="cpu").methods["regmean"].seconds)
+        began = time.perf_counter()
+        grams = [fusionbench_grams(m, b) for m, b in zip(encoders, batches)]
+        merging_with_regmean_weights(params, grams, reduce_non_diagonal_ratio=options.alpha)
+        theirs.append(time.perf_counter() - began)
+    mine, peer = statistics.median(ours), statistics.median(theirs)
+    print(f"{len(config.experts)} experts, {samples} calibration samples each, CPU ({torch.get_num_threads()} "
+          f"threads), median of {repeats}")
+    print("| RegMean | seconds (each run) | median |")
+    print("|---|---|---|")
+    print(f"| commerge_ui (merge with shift) | {', '.join(f'{t:.2f}' for t in ours)} | {mine:.2f} |")
+    print(f"| FusionBench (Gram pass + merge) | {', '.join(f'{t:.2f}' for t in theirs)} | {peer:.2f} |")
+    print(f"ours / FusionBench: {mine / peer:.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--timing", action="store_true", help="time RegMean against FusionBench's instead")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if Path(args.config).resolve() == DEMO_CONFIG:
         ensure_demo()
     config = load_config(args.config)
+    if args.timing:
+        timing(config, args.samples, args.repeats)
+        return
     options = config.options.model_copy(update={"calibration_samples": args.samples, "bias": "average",
                                                 "gram_dtype": "float64"})
     methods = ["average", "task_arithmetic", "ties", "regmean", "com"]
