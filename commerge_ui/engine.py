@@ -334,9 +334,11 @@ class _BlockMerger:
 
 
 def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask], calibration: EncodedSamples,
-                    merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None]) -> tuple[list[Stream], Stream]:
+                    merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None],
+                    store: torch.device) -> tuple[list[Stream], Stream]:
     """Block-0 inputs: each expert's own embeddings give its stream; then everything outside the blocks is
-    merged (`merge_tensor(name, experts' tensors, parameter)`) and the merged stream is captured."""
+    merged (`merge_tensor(name, experts' tensors, parameter)`) and the merged stream is captured. Each stream
+    goes to `store` as soon as it is captured (the host, when offloaded: one stream at a time on the device)."""
     block_path, blocks = family.blocks(backbone)
     params = {n: p for n, p in backbone.named_parameters() if not n.startswith(block_path + ".")}
     expert_streams = []
@@ -344,10 +346,10 @@ def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask]
         for name, param in params.items():
             param.copy_(task.source.get(name))
         rows = {k: v[task.rows] for k, v in calibration.inputs.items()}
-        expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows))
+        expert_streams.append(capture_block_inputs(family, backbone, blocks[0], rows).to(store))
     for name, param in params.items():
         merge_tensor(name, expert_tensors(tasks, name, param), param)
-    return expert_streams, capture_block_inputs(family, backbone, blocks[0], calibration.inputs)
+    return expert_streams, capture_block_inputs(family, backbone, blocks[0], calibration.inputs).to(store)
 
 
 def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource, tasks: list[EngineTask],
@@ -402,8 +404,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
 
     device, store = placement.device, placement.store
     with torch.no_grad():
-        expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor)
-        expert_streams, merged_stream = [s.to(store) for s in expert_streams], merged_stream.to(store)
+        expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor, store)
         memory.sample()
 
         for index, block in enumerate(blocks):

@@ -155,8 +155,9 @@ def test_offloaded_device_memory_grows_with_neither_depth_nor_tokens(tmp_path):
     # 12 more blocks: on the device, 12 blocks more; offloaded, less than one block (only the one at work is there)
     assert peaks[16, 8, False] - peaks[4, 8, False] > 11 * block, mib
     assert peaks[16, 8, True] - peaks[4, 8, True] < block, mib
-    # 4× the calibration tokens: the three streams (two experts', the merged one) grow by this much. Offloaded,
-    # they are on the host; what grows on the device is the one-time capture of block 0's inputs.
-    streams = (32 - 8) * 2 * 256 * 384 * 4 * 3
+    # 4× the calibration tokens: the streams (the two experts' rows, and the merged model's, which has them all)
+    # grow by this much. Offloaded, they are on the host; what still passes through the device is the one-time
+    # capture of the merged stream's block-0 inputs, half of it.
+    streams = (32 - 8) * 2 * 256 * 384 * 4 * 2
     assert peaks[16, 32, False] - peaks[16, 8, False] > 0.9 * streams, mib
-    assert peaks[16, 32, True] - peaks[16, 8, True] < 0.6 * streams, mib
+    assert peaks[16, 32, True] - peaks[16, 8, True] < 0.7 * streams, mib
