@@ -76,12 +76,13 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
         param.copy_(torch.stack(list(experts)).mean(0))
 
     with torch.no_grad():
-        expert_streams, start = initial_streams(FAMILY, backbone, tasks, encoded, average)
+        expert_streams, start = initial_streams(FAMILY, backbone, tasks, encoded, average, encoded.token_mask.device)
         for index, block in enumerate(blocks):
             path = f"{block_path}.{index}"
             probe = Stream(start.hidden[:1], *_rows_of(start, slice(0, 1)))
             groups = find_layer_groups(block, lambda: run_block(block, probe))
-            merger = _BlockMerger(method, options, tasks, masks, _Trace(tasks), lambda label: None)
+            merger = _BlockMerger(method, options, tasks, masks, _Trace(tasks), lambda label: None,
+                                  lambda detail: None, encoded.token_mask.device)
             expert_blocks, xs = [], []
             for task, stream, mask in zip(tasks, expert_streams, masks):
                 expert_block = _load_block(block, task.source, path, dtype)
@@ -107,7 +108,8 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
                     except StopIteration:
                         pass
                 x_hats = [seen["x"][t.rows][m].float() for t, m in zip(tasks, masks)]
-                merger.solve(group, path, group.modules(block), expert_blocks, x_hats, [x[group] for x in xs])
+                merger.solve(group, path, group.modules(block), expert_blocks, x_hats, [x[group] for x in xs],
+                             [None] * len(tasks))
 
 
 class _Trace:
