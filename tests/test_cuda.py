@@ -6,7 +6,7 @@ Skipped where no CUDA GPU is present (CI); run on a GPU machine with `pytest tes
 import pytest
 import torch
 from conftest import make_setup
-from tiny_families import make_clip_setup, make_lm_setup
+from tiny_families import make_clip_setup, make_lm_setup, wide_llama
 
 from commerge_ui.api import OUT_OF_GPU_MEMORY, run_merge
 from commerge_ui.cli import main
@@ -93,24 +93,6 @@ def test_an_offloaded_merge_matches_the_on_device_one(tmp_path):
             assert torch.allclose(a.get(name), b.get(name), atol=1e-5), (method, name)
 
 
-def _wide_llama(root, layers: int, experts: int = 2) -> list:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=1000, hidden_size=384, intermediate_size=1024, num_hidden_layers=layers,
-                         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config)
-    base.save_pretrained(root / "base")
-    folders = [root / "base"]
-    for i in range(experts):
-        with torch.no_grad():
-            for p in base.parameters():
-                p.add_(0.05 * p.std() * torch.randn_like(p))
-        base.save_pretrained(root / f"e{i}")
-        folders.append(root / f"e{i}")
-    return folders
-
-
 def _device_peak(folders: list, samples: int, offloaded: bool) -> tuple[int, int]:
     """CoM in micro-batches of 4 through the engine: peak allocated GPU memory, and one block's bytes."""
     from commerge_ui.compat import find_source
@@ -147,7 +129,7 @@ def _device_peak(folders: list, samples: int, offloaded: bool) -> tuple[int, int
 def test_offloaded_device_memory_grows_with_neither_depth_nor_tokens(tmp_path):
     peaks, block = {}, 0
     for layers in (4, 16):
-        folders = _wide_llama(tmp_path / f"l{layers}", layers)
+        folders = wide_llama(tmp_path / f"l{layers}", experts=2, layers=layers)
         for samples in ((8, 32) if layers == 16 else (8,)):
             for offloaded in (False, True):
                 peaks[layers, samples, offloaded], block = _device_peak(folders, samples, offloaded)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_families import make_clip_setup, make_lm_setup
+from tiny_families import make_clip_setup, make_lm_setup, wide_llama
 
 from commerge_ui.api import run_merge
 from commerge_ui.compat import find_source
@@ -120,25 +120,6 @@ def test_micro_batches_report_progress_and_cancel_leaves_nothing_written(tiny, t
     assert not out.exists() or not any(out.iterdir())
 
 
-def _wide_llama(root, experts: int) -> list:
-    """A Llama decoder wide enough that captured activations, not weights, dominate a merge's memory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=1000, hidden_size=384, intermediate_size=1024, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config)
-    base.save_pretrained(root / "base")
-    folders = [root / "base"]
-    for i in range(experts):
-        with torch.no_grad():
-            for p in base.parameters():
-                p.add_(0.05 * p.std() * torch.randn_like(p))
-        base.save_pretrained(root / f"e{i}")
-        folders.append(root / f"e{i}")
-    return folders
-
-
 def _merge_peak(folders: list, samples: int, tokens: int, batch: int) -> int:
     """RegMean through the engine in this (fresh) process: peak anonymous memory above the loaded model."""
     from commerge_ui.engine import EngineTask, merge
@@ -167,7 +148,7 @@ def _merge_peak(folders: list, samples: int, tokens: int, batch: int) -> int:
 def test_micro_batches_bound_memory_while_one_pass_grows_with_the_tokens(tmp_path):
     import multiprocessing
 
-    folders = _wide_llama(tmp_path, experts=2)
+    folders = wide_llama(tmp_path, experts=2)
     peaks = {}
     for samples in (8, 32):  # 4× the calibration tokens
         for batch in (0, 4):  # one pass; micro-batches of 4 samples

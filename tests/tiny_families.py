@@ -192,3 +192,23 @@ def make_clip_setup(root: Path, layers: int = 3, noise: float = 0.3, identical: 
         calibration[name] = write_image_samples(root / f"{name}_cal{suffix}", kind, 12, seed=i, classes=classes)
         evaluation[name] = write_image_samples(root / f"{name}_eval{suffix}", kind, 12, seed=50 + i, classes=classes)
     return TinySetup(root, root / "base", experts, calibration, evaluation)
+
+
+def wide_llama(root: Path, experts: int, layers: int = 2) -> list[Path]:
+    """A Llama decoder wide enough that captured activations, not weights, dominate a merge's memory: the base
+    and `experts` perturbed copies on disk (base first)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=1000, hidden_size=384, intermediate_size=1024, num_hidden_layers=layers,
+                         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    base.save_pretrained(root / "base")
+    folders = [root / "base"]
+    for i in range(experts):
+        with torch.no_grad():
+            for p in base.parameters():
+                p.add_(0.05 * p.std() * torch.randn_like(p))
+        base.save_pretrained(root / f"e{i}")
+        folders.append(root / f"e{i}")
+    return folders
