@@ -67,32 +67,17 @@ def mergekit_rules(base: dict, experts: list[dict], options) -> dict[str, dict]:
     return out
 
 
-def gram_matrices(model: torch.nn.Module, batch: dict, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def gram_matrices(model: torch.nn.Module, batch: dict, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """X^T X / tokens per nn.Linear of the encoder: over `mask`'s real tokens in float64, or, with no mask, as
+    FusionBench's regmean_merging hook collects them (every token, padding too, in the model's dtype)."""
     grams, handles = {}, []
-    tokens = int(mask.sum())
+
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.startswith("encoder.layer."):
             def hook(m, args, name=name):
-                x = args[0][mask].double()
-                grams[name] = x.T @ x / tokens
-            handles.append(module.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        model(**batch)
-    for h in handles:
-        h.remove()
-    return grams
-
-
-def fusionbench_grams(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-    """FusionBench's regmean_merging hook, as it is: X^T X / rows over every token (padding too), per nn.Linear."""
-    grams, handles = {}, []
-
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.startswith("encoder.layer."):
-            def hook(m, args, output, name=name):
-                x = args[0].detach().reshape(-1, args[0].shape[-1])
+                x = args[0].reshape(-1, args[0].shape[-1]) if mask is None else args[0][mask].double()
                 grams[name] = x.T @ x / x.shape[0]
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_pre_hook(hook))
     with torch.no_grad():
         model(**batch)
     for h in handles:
@@ -117,7 +102,7 @@ def timing(config, samples: int, repeats: int) -> None:
     for _ in range(repeats):
         ours.append(run_merge(config, device="cpu").methods["regmean"].seconds)
         began = time.perf_counter()
-        grams = [fusionbench_grams(m, b) for m, b in zip(encoders, batches)]
+        grams = [gram_matrices(m, b) for m, b in zip(encoders, batches)]
         merging_with_regmean_weights(params, grams, reduce_non_diagonal_ratio=options.alpha)
         theirs.append(time.perf_counter() - began)
     mine, peer = statistics.median(ours), statistics.median(theirs)
