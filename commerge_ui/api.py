@@ -19,7 +19,7 @@ from .export import model_card
 from .families import Family, detect_family
 from .families.base import EncodedSamples
 from .methods import METHODS, Method
-from .offload import Placement, pick_placement
+from .offload import Placement, check_mode, pick_placement
 from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
 from .samples import Sample, label_names, read_samples
@@ -85,7 +85,7 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     say = log or (lambda message: None)
     save = _check_request(config, save)
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
-    pick_placement(torch_device, offload, 0)  # an unknown mode is refused before anything loads
+    check_mode(offload)  # refused before anything loads
     torch.manual_seed(config.options.seed)
 
     say(f"resolving base {config.base}")

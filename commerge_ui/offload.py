@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -37,12 +37,16 @@ class Placement:
         return HOST if self.offload else self.device
 
 
+def check_mode(mode: str) -> None:
+    if mode not in get_args(OffloadMode):
+        raise InputError(f"unknown offload '{mode}' (expected {', '.join(get_args(OffloadMode))})")
+
+
 def pick_placement(device: torch.device, mode: str, model_bytes: int) -> Placement:
     """'on' and 'off' as asked; 'auto' offloads on a GPU whose memory the model's weights would more than
     half fill (the merge's statistics, the experts' blocks and the scoring need the rest). On a CPU the
     host is the device, so there is nothing to offload."""
-    if mode not in ("auto", "on", "off"):
-        raise InputError(f"unknown offload '{mode}' (expected auto, on or off)")
+    check_mode(mode)
     if device.type != "cuda":
         return Placement(device, False)
     if mode == "auto":
@@ -58,12 +62,11 @@ def place_backbone(backbone: nn.Module, blocks: nn.ModuleList, placement: Placem
         backbone.to(placement.device)
         return
     blocks.to(HOST)
-    inside = {id(p) for p in blocks.parameters()} | {id(b) for b in blocks.buffers()}
+    inside = {id(t) for t in [*blocks.parameters(), *blocks.buffers()]}
     with torch.no_grad():
-        for module in backbone.modules():
-            for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-                if id(tensor) not in inside:
-                    tensor.data = tensor.data.to(placement.device)
+        for tensor in [*backbone.parameters(), *backbone.buffers()]:
+            if id(tensor) not in inside:  # never the whole model on the device, not even for a moment
+                tensor.data = tensor.data.to(placement.device)
 
 
 @contextmanager

@@ -20,20 +20,16 @@ CPU = torch.device("cpu")
 METHODS = ["com", "regmean_plusplus", "ties"]  # between them, every read the engine makes
 
 
-def _run(setup, out, batch, forced: bool, monkeypatch):
-    if forced:  # what pick_placement gives on a GPU with offload on
-        monkeypatch.setattr(api, "pick_placement", lambda device, mode, size: Placement(device, True))
+def _run(setup, out, batch):
     config = setup.config(methods=METHODS)
     config["options"] = {**config["options"], "merge_batch": batch}
-    report = api.run_merge(parse_config(config), out_dir=out, save=METHODS, device="cpu")
-    monkeypatch.undo()
-    return report
+    return api.run_merge(parse_config(config), out_dir=out, save=METHODS, device="cpu")
 
 
 @pytest.mark.parametrize("batch", [0, 5])
 def test_an_offloaded_run_equals_the_plain_one(tmp_path, monkeypatch, batch):
     setup = make_lm_setup(tmp_path / "models", "llama", layers=3, noise=0.5)
-    plain = _run(setup, tmp_path / "plain", batch, False, monkeypatch)
+    plain = _run(setup, tmp_path / "plain", batch)
 
     held = []  # every block the engine brings to the device, in order
     bring = offload.on_device
@@ -51,7 +47,9 @@ def test_an_offloaded_run_equals_the_plain_one(tmp_path, monkeypatch, batch):
         return real_streamed(blocks, placement)
 
     monkeypatch.setattr("commerge_ui.families.causal_lm.blocks_streamed", spy_streamed)
-    off = _run(setup, tmp_path / "off", batch, True, monkeypatch)
+    # what pick_placement gives on a GPU with offload on
+    monkeypatch.setattr(api, "pick_placement", lambda device, mode, size: Placement(device, True))
+    off = _run(setup, tmp_path / "off", batch)
 
     assert off.offload and not plain.offload
     # each block once per activation merge (TIES included: its shift is measured), in network order
