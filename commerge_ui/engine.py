@@ -6,8 +6,11 @@ Two kinds of stream advance through the network one block at a time:
 Per block, each expert's block is read from its safetensors files into a scratch copy and run once on its
 stream (capturing every layer group's inputs X_i); then the merged block runs once on the merged stream,
 and a pre-hook on each layer group solves and writes that group's weights *before* the group runs, so later
-groups of the same block already see merged inputs (CoM's X̂). Cost: one expert forward per task and one
-merged forward per block, plus the Gram work; the merged prefix is never re-run.
+groups of the same block already see merged inputs (CoM's X̂). A method that reads nothing of the merged
+stream (RegMean) is solved from the experts' inputs first, and its merged pass only advances the stream and
+measures the shift. Cost: one expert forward per task and one merged forward per block, plus the Gram work;
+the merged prefix is never re-run. Passes with no solve inside them run by buckets: a few samples of similar
+length cut to their longest (docs/method.md §6), so that padding is not run.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from .offload import Placement, on_device
 from .resources import PeakMemory
 from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
 from .sources import ModelSource
+
+# What makes a method's groups be solved inside the merged block's one forward (CoM, RegMean++); the others
+# are solved from the experts' inputs before it.
+MERGED_STREAM_READS = frozenset({MERGED_INPUTS, EXPERT_ON_MERGED})
 
 
 @dataclass
@@ -82,6 +89,33 @@ class Stream:
         return Stream(self.hidden.to(device), *_mapped(self.args, self.kwargs, lambda t: t.to(device)))
 
 
+BUCKET_SAMPLES = 8  # samples per forward in a pass with no solve inside it (one pass's expert passes)
+
+
+@dataclass
+class Bucket:
+    """Samples of one task that run through a block together: neighbouring rows of its streams (each task's
+    rows are ordered by length, `by_length`) cut to the first `width` positions, which hold all their real
+    tokens, so that little padding is run. `args` and `kwargs` are the block's other arguments (masks,
+    positions) captured for exactly these rows and this width."""
+
+    rows: slice  # rows of the task's expert stream; the merged stream's are offset by the task's first row
+    width: int
+    args: tuple
+    kwargs: dict
+
+    def _at(self, offset: int) -> slice:
+        return slice(self.rows.start + offset, self.rows.stop + offset)
+
+    def of(self, stream: Stream, offset: int = 0) -> Stream:
+        return Stream(stream.hidden[self._at(offset), :self.width], self.args, self.kwargs)
+
+    def write(self, stream: Stream, out: torch.Tensor, offset: int = 0) -> None:
+        """The block's output for these samples, in place (onto the host where the stream is kept there); the
+        positions past `width` hold padding, which no real token reads."""
+        stream.hidden[self._at(offset), :self.width] = out
+
+
 class _StopForward(Exception):
     pass
 
@@ -128,6 +162,38 @@ def input_at(block: nn.Module, group: LayerGroup, stream: Stream, mask: torch.Te
     return seen["x"]
 
 
+def plan_buckets(family: Family, backbone: nn.Module, first_block: nn.Module, calibration: EncodedSamples,
+                 task: EngineTask, size: int, store: torch.device) -> list[Bucket]:
+    """A task's buckets of `size` samples, each with the block arguments captured for its rows and width (the
+    embeddings run once more per bucket; masks and positions do not depend on the weights)."""
+    mask = calibration.token_mask[task.rows]
+    count, total = mask.shape
+    buckets = []
+    for start in range(0, count, size):
+        rows = slice(start, min(start + size, count))
+        real = mask[rows].any(dim=0).nonzero()
+        width = int(real.max()) + 1 if len(real) else 1  # padding is on the right: past the last real token
+        absolute = slice(task.rows.start + rows.start, task.rows.start + rows.stop)
+        inputs = {k: v[absolute][:, :width] if v.dim() > 1 and v.shape[1] == total else v[absolute]
+                  for k, v in calibration.inputs.items()}
+        captured = capture_block_inputs(family, backbone, first_block, inputs)
+        args, kwargs = _mapped(captured.args, captured.kwargs, lambda t: t.to(store))
+        buckets.append(Bucket(rows, width, args, kwargs))
+    return buckets
+
+
+def by_length(calibration: EncodedSamples, tasks: list[EngineTask]) -> EncodedSamples:
+    """Each task's samples reordered by their number of real tokens, so that a bucket of neighbours has little
+    padding. The statistics are sums over tokens and the shift a ratio of norms: neither depends on the order."""
+    lengths = calibration.token_mask.sum(dim=1)
+    order = torch.arange(len(lengths), device=lengths.device)
+    for task in tasks:
+        order[task.rows] = task.rows.start + torch.argsort(lengths[task.rows], stable=True)
+    rows = len(order)
+    inputs = {k: v[order] if v.dim() > 0 and v.shape[0] == rows else v for k, v in calibration.inputs.items()}
+    return EncodedSamples(inputs, calibration.token_mask[order])
+
+
 def rows_stream(stream: Stream, rows: slice) -> Stream:
     return Stream(stream.hidden[rows], *_rows_of(stream, rows))
 
@@ -151,14 +217,25 @@ class _BlockMerger:
 
     def __init__(self, method: Method, options: MergeOptions, tasks: list[EngineTask], masks: list[torch.Tensor],
                  trace: MergeTrace, on_group: Callable[[str], None], on_batch: Callable[[str], None],
-                 device: torch.device) -> None:
+                 device: torch.device, buckets: list[list[Bucket]]) -> None:
         self.method, self.options, self.tasks, self.masks = method, options, tasks, masks
+        self.buckets = buckets  # per task: its samples in forwards of a few (one pass) or of a micro-batch
         self.trace, self.on_group, self.on_batch = trace, on_group, on_batch
         self.device = device  # where the block runs; micro-batches of host-kept streams are brought here
         self.stat_dtype = torch.float64 if options.gram_dtype == "float64" else torch.float32
 
-    def rows(self, stream: Stream, rows: slice) -> Stream:
-        return rows_stream(stream, rows).to(self.device)
+    def bucket_pass(self, block: nn.Module, stream: Stream, buckets: list[Bucket], mask: torch.Tensor,
+                    groups: list[LayerGroup], offset: int = 0) -> dict[LayerGroup, torch.Tensor]:
+        """`block` run on one task's rows of `stream` bucket by bucket, its output written back in place; returns
+        each group's inputs on the statistics tokens (`mask`), in the order one forward over all rows gives."""
+        parts: dict[LayerGroup, list[torch.Tensor]] = {g: [] for g in groups}
+        for bucket in buckets:
+            out, xs = self.expert_pass(block, bucket.of(stream, offset).to(self.device),
+                                       mask[bucket.rows, :bucket.width], groups)
+            bucket.write(stream, out, offset)
+            for group in groups:
+                parts[group].append(xs[group])
+        return {g: torch.cat(p) for g, p in parts.items()}
 
     def with_bias(self, modules: list[nn.Module]) -> bool:
         return self.options.bias == "regress" and has_bias(modules)
@@ -167,28 +244,29 @@ class _BlockMerger:
                     expert_streams: list[Stream], merged_stream: Stream,
                     merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None]) -> None:
         """Advance every stream through one block, merging it on the way: each expert's block (read from its
-        files) runs on its stream; the block is first merged by the method's rule (LayerNorms stay so), then
-        the merged pass solves the layer groups in order (merged_pass) and the block output's shift is kept."""
+        files) runs on its stream, by buckets; the block is first merged by the method's rule (LayerNorms stay
+        so), then its layer groups are solved in order and the merged stream advanced (merged_pass, or
+        solved_then_run where the method reads nothing of the merged stream) and the block output's shift kept."""
         dtype = next(block.parameters()).dtype
         expert_blocks, xs, expert_outs = [], [], []
-        for task, stream, mask in zip(self.tasks, expert_streams, self.masks):
+        for task, stream, mask, buckets in zip(self.tasks, expert_streams, self.masks, self.buckets):
             expert_block = _load_block(block, task.source, path, dtype)
-            out, x = self.expert_pass(expert_block, stream, mask, groups)
-            stream.hidden = out
+            xs.append(self.bucket_pass(expert_block, stream, buckets, mask, groups))
             expert_blocks.append(expert_block)
-            xs.append(x)
-            expert_outs.append(out[mask].to(self.stat_dtype))
+            expert_outs.append(stream.hidden[mask].to(self.stat_dtype))
         for name, param in block.named_parameters():
             merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
-        merged_stream.hidden = self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
+        if self.method.reads & MERGED_STREAM_READS:
+            merged_stream.hidden = self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
+        else:
+            self.solved_then_run(block, merged_stream, groups, labels, expert_blocks, xs)
         for task, mask, expert_out in zip(self.tasks, self.masks, expert_outs):
             merged_out = merged_stream.hidden[task.rows][mask].to(self.stat_dtype)
             self.trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
 
     def merge_block_batched(self, block: nn.Module, path: str, groups: list[LayerGroup], labels: list[str],
                             expert_streams: list[Stream], merged_stream: Stream,
-                            merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None],
-                            batch: int) -> None:
+                            merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None]) -> None:
         """merge_block in micro-batches of `batch` samples (docs/method.md §6b): memory no longer grows with the
         calibration set. Per layer group, each micro-batch runs the expert's block up to that group, and for a
         method that reads X̂ (CoM) the merged block too (earlier groups already merged); the group is solved
@@ -200,34 +278,37 @@ class _BlockMerger:
             merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
         if self.method.regression:
             for group, label in zip(groups, labels):
-                self.solve_batched(group, label, block, expert_blocks, expert_streams, merged_stream, batch)
-        self.advance_batched(block, groups, expert_blocks, expert_streams, merged_stream, batch)
+                self.solve_batched(group, label, block, expert_blocks, expert_streams, merged_stream)
+        self.advance_batched(block, groups, expert_blocks, expert_streams, merged_stream)
         if not self.method.regression:
             for label in labels:
                 self.on_group(label)
 
     def advance_batched(self, block: nn.Module, groups: list[LayerGroup], expert_blocks: list[nn.Module],
-                        expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:
+                        expert_streams: list[Stream], merged_stream: Stream) -> None:
         """Every stream through the merged block, micro-batch by micro-batch, measuring each group's shift and
         the block output's. A group's X̂ here is the one its solve saw: only earlier groups shape it."""
-        for task, mask, expert_block, stream in zip(self.tasks, self.masks, expert_blocks, expert_streams):
+        for task, mask, expert_block, stream, buckets in zip(self.tasks, self.masks, expert_blocks, expert_streams,
+                                                             self.buckets):
             shifts, block_shift = {g: _ShiftSum() for g in groups}, _ShiftSum()
-            for chunk, rows in _chunks(task, batch):
-                out, xs = self.expert_pass(expert_block, self.rows(stream, chunk), mask[chunk], groups)
-                merged_out, x_hats = self.expert_pass(block, self.rows(merged_stream, rows), mask[chunk], groups)
+            offset = task.rows.start
+            for bucket in buckets:
+                real = mask[bucket.rows, :bucket.width]
+                out, xs = self.expert_pass(expert_block, bucket.of(stream).to(self.device), real, groups)
+                merged_out, x_hats = self.expert_pass(block, bucket.of(merged_stream, offset).to(self.device), real,
+                                                      groups)
                 for group in groups:
                     shifts[group].add(x_hats[group], xs[group])
-                real = mask[chunk]
                 block_shift.add(merged_out[real].to(self.stat_dtype), out[real].to(self.stat_dtype))
                 # In place (onto the host where streams are kept there): no other micro-batch reads these
                 # rows, and a second copy of a stream would grow with the calibration set.
-                stream.hidden[chunk] = out
-                merged_stream.hidden[rows] = merged_out
+                bucket.write(stream, out)
+                bucket.write(merged_stream, merged_out, offset)
             self.trace.shift[task.name].extend(shifts[g].value() for g in groups)
             self.trace.block_shift[task.name].append(block_shift.value())
 
     def solve_batched(self, group: LayerGroup, label: str, block: nn.Module, expert_blocks: list[nn.Module],
-                      expert_streams: list[Stream], merged_stream: Stream, batch: int) -> None:
+                      expert_streams: list[Stream], merged_stream: Stream) -> None:
         """One layer group from micro-batches: its terms summed over them, then one solve. Only what the method
         reads is run: the merged block's prefix for X̂ (CoM), the expert's on the merged stream (RegMean++)."""
         reads = self.method.reads
@@ -237,26 +318,26 @@ class _BlockMerger:
         w_mean = mean_weight(weights)
         alpha, _ = self.method.regularization(self.options)
         terms, tokens = [], []
-        for task, mask, expert_block, stream, w in zip(self.tasks, self.masks, expert_blocks, expert_streams, weights):
+        for task, mask, expert_block, stream, w, buckets in zip(self.tasks, self.masks, expert_blocks, expert_streams,
+                                                                weights, self.buckets):
             total: TaskTerms | None = None
             count = 0
-            chunks = _chunks(task, batch)
-            for number, (chunk, rows) in enumerate(chunks, 1):
-                real = mask[chunk]
-                merged_rows = self.rows(merged_stream, rows)
+            for number, bucket in enumerate(buckets, 1):
+                real = mask[bucket.rows, :bucket.width]
+                merged_rows = bucket.of(merged_stream, task.rows.start).to(self.device)
 
                 def read(what: str, run_on: nn.Module, stream_rows: Stream) -> torch.Tensor | None:
                     if what not in reads:
                         return None
                     return augment(input_at(run_on, group, stream_rows, real, self.stat_dtype), bias)
 
-                x = read(EXPERT_INPUTS, expert_block, self.rows(stream, chunk))
+                x = read(EXPERT_INPUTS, expert_block, bucket.of(stream).to(self.device))
                 x_hat = read(MERGED_INPUTS, block, merged_rows)
                 z = read(EXPERT_ON_MERGED, expert_block, merged_rows)
                 count += int(real.sum())
                 part = GroupInputs(x, x_hat, z, w, w_mean, task.weight)
                 total = add_terms(total, self.method.group_terms(part, alpha, self.options))
-                self.on_batch(f"{label} · {task.name} micro-batch {number}/{len(chunks)}")
+                self.on_batch(f"{label} · {task.name} micro-batch {number}/{len(buckets)}")
             assert total is not None
             terms.append(total)
             tokens.append(count)
@@ -282,14 +363,14 @@ class _BlockMerger:
         return out, inputs
 
     def solve(self, group: LayerGroup, label: str, merged_modules: list[nn.Module],
-              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor], xs: list[torch.Tensor],
+              expert_blocks: list[nn.Module], x_hats: list[torch.Tensor | None], xs: list[torch.Tensor],
               on_merged: list[torch.Tensor | None]) -> None:
         """Gather one layer group's inputs per task, merge it (merge_layer_group), write it into the merged block."""
         bias = self.with_bias(merged_modules)
         weights = [group_weight(g, bias).to(self.stat_dtype) for g in (group.modules(b) for b in expert_blocks)]
         w_mean = mean_weight(weights)
-        inputs = [GroupInputs(augment(x, bias), augment(x_hat, bias), None if z is None else augment(z, bias), w,
-                              w_mean, task.weight)
+        inputs = [GroupInputs(augment(x, bias), None if x_hat is None else augment(x_hat, bias),
+                              None if z is None else augment(z, bias), w, w_mean, task.weight)
                   for task, x_hat, x, z, w in zip(self.tasks, x_hats, xs, on_merged, weights)]
         merged, warning = merge_layer_group(self.method, inputs, self.options, where=label)
         if warning:
@@ -319,6 +400,23 @@ class _BlockMerger:
 
         with pre_hooks(block, {g.names[0]: at_group(g, lbl) for g, lbl in zip(groups, labels)}):
             return run_block(block, stream)
+
+    def solved_then_run(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
+                        expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
+        """The merged pass of a method that reads nothing of the merged stream (RegMean; a data-free method's
+        shift): every group is solved from the experts' inputs first, then the merged block runs by buckets,
+        as the expert passes do, and each group's shift is measured on the way."""
+        for group, label in zip(groups, labels):
+            if self.method.regression:
+                self.solve(group, label, group.modules(block), expert_blocks, [None] * len(xs),
+                           [x[group] for x in xs], [None] * len(xs))
+                self.on_group(label)
+        for task, mask, buckets, x in zip(self.tasks, self.masks, self.buckets, xs):
+            x_hats = self.bucket_pass(block, stream, buckets, mask, groups, offset=task.rows.start)
+            self.trace.shift[task.name].extend(relative_error(x_hats[g], x[g]) for g in groups)
+        if not self.method.regression:
+            for label in labels:
+                self.on_group(label)
 
     def experts_on_merged(self, stream: Stream, expert_blocks: list[nn.Module],
                           groups: list[LayerGroup]) -> list[dict[LayerGroup, torch.Tensor] | None]:
@@ -363,6 +461,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
     block_path, blocks = family.blocks(backbone)
     placement = placement or Placement(next(backbone.parameters()).device)
     trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
+    calibration = by_length(calibration, tasks)
     sink = family.sink_tokens if options.sink_tokens is None else options.sink_tokens
     masks = [statistics_mask(calibration.token_mask[t.rows], sink) for t in tasks]
     memory = memory or PeakMemory(placement.device)
@@ -407,6 +506,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
         expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor, store)
         memory.sample()
 
+        buckets: list[list[Bucket]] = []  # per task, planned at block 0
         for index, block in enumerate(blocks):
             if cancel and cancel():
                 raise Cancelled(f"{method.name}: cancelled before block {index}")
@@ -421,7 +521,9 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
                     held = 2 * merged_stream.hidden.numel() * merged_stream.hidden.element_size()
                     trace.merge_batch = plan_batch(options, groups, block, calibration, method,
                                                    streams_bytes=held if placement.offload else 0)
-                merger = _BlockMerger(method, options, tasks, masks, trace, on_group, on_batch, device)
+                    size = trace.merge_batch or BUCKET_SAMPLES
+                    buckets = [plan_buckets(family, backbone, block, calibration, t, size, store) for t in tasks]
+                merger = _BlockMerger(method, options, tasks, masks, trace, on_group, on_batch, device, buckets)
                 if trace.merge_batch is None:
                     # One pass: the whole streams come to the device for the block (a no-op unless offloaded).
                     here, merged_here = [s.to(device) for s in expert_streams], merged_stream.to(device)
@@ -430,7 +532,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
                         stream.hidden = done.hidden.to(store)
                 else:
                     merger.merge_block_batched(block, path, groups, labels, expert_streams, merged_stream,
-                                               merge_tensor, trace.merge_batch)
+                                               merge_tensor)
                 memory.sample()
     return trace
 
@@ -465,13 +567,6 @@ def statistics_mask(token_mask: torch.Tensor, sink_tokens: int) -> torch.Tensor:
     if not sink_tokens:
         return token_mask
     return token_mask & (token_mask.cumsum(dim=1) > sink_tokens)
-
-
-def _chunks(task: EngineTask, batch: int) -> list[tuple[slice, slice]]:
-    """A task's micro-batches: (rows of its expert stream, the same samples' rows of the merged stream)."""
-    start, stop = task.rows.start, task.rows.stop
-    return [(slice(i, min(i + batch, stop - start)), slice(start + i, min(start + i + batch, stop)))
-            for i in range(0, stop - start, batch)]
 
 
 class _ShiftSum:

@@ -148,3 +148,43 @@ def test_progress_counts_every_group(tiny):
     run(tiny, "regmean", progress=events.append)
     assert [e.step for e in events] == list(range(1, 9))
     assert events[-1].label == "encoder.layer.1.output.dense"
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_buckets_cut_the_padding_and_give_what_one_forward_over_every_row_gives(kind, tmp_path):
+    """A bucket runs a few samples of similar length cut to their longest, with the masks and (rotary) positions
+    captured for that shape: at every real token, its output is the one forward over all padded rows gives."""
+    from commerge_ui.engine import by_length, capture_block_inputs, plan_buckets, run_block
+    from commerge_ui.families.causal_lm import CausalLM
+    from conftest import write_samples
+    from tiny_families import causal_lm, save_word_tokenizer, write_texts
+
+    cpu = torch.device("cpu")
+    if kind == "bert":
+        family, folder = FAMILY, make_setup(tmp_path, n_experts=1).base
+        texts = write_samples(tmp_path / "c.jsonl", 12, seed=5, labelled=False, min_words=1, max_words=14)
+    else:
+        family, folder = CausalLM(), tmp_path / kind
+        torch.manual_seed(0)
+        causal_lm(kind).save_pretrained(folder)
+        save_word_tokenizer(folder)
+        texts = write_texts(tmp_path / "c.jsonl", 12, seed=5)
+    backbone = family.load_backbone(folder, torch.float32, cpu)
+    first = family.blocks(backbone)[1][0]
+    encoded = family.encode(family.load_processor(folder), read_samples(texts), 32)
+    tasks = [EngineTask("a", None, slice(0, 5)), EngineTask("b", None, slice(5, 12))]  # type: ignore[arg-type]
+    ordered = by_length(encoded, tasks)
+    lengths = ordered.token_mask.sum(dim=1)
+    for task in tasks:  # each task's rows, in its own range, shortest first
+        assert lengths[task.rows].tolist() == sorted(encoded.token_mask[task.rows].sum(dim=1).tolist())
+    with torch.no_grad():
+        stream = capture_block_inputs(family, backbone, first, ordered.inputs)
+        whole = run_block(first, stream)
+        widths = []
+        for task in tasks:
+            for bucket in plan_buckets(family, backbone, first, ordered, task, 2, cpu):
+                bucket.write(stream, run_block(first, bucket.of(stream, task.rows.start)), task.rows.start)
+                widths.append(bucket.width)
+    real = ordered.token_mask
+    assert min(widths) < max(widths) == real.shape[1]  # the short buckets were cut
+    assert torch.allclose(stream.hidden[real], whole[real], atol=1e-5), (stream.hidden[real] - whole[real]).abs().max()
