@@ -9,8 +9,9 @@ and a pre-hook on each layer group solves and writes that group's weights *befor
 groups of the same block already see merged inputs (CoM's X̂). A method that reads nothing of the merged
 stream (RegMean) is solved from the experts' inputs first, and its merged pass only advances the stream and
 measures the shift. Cost: one expert forward per task and one merged forward per block, plus the Gram work;
-the merged prefix is never re-run. Passes with no solve inside them run by buckets: a few samples of similar
-length cut to their longest (docs/method.md §6), so that padding is not run.
+the merged prefix is never re-run. Every pass runs by buckets: a few samples of similar length cut to their
+longest (docs/method.md §6), so that padding is not run; where the groups are solved inside the merged
+pass, the buckets' forwards run in lockstep (lockstep.py) and meet at each group.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .families.base import EncodedSamples, Family
 from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, linear_shape, pre_hooks,
                      set_group_weight)
 from .methods import EXPERT_INPUTS, EXPERT_ON_MERGED, MERGED_INPUTS, Method
+from .lockstep import lockstep
 from .offload import Placement, on_device
 from .resources import PeakMemory
 from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
@@ -89,7 +91,8 @@ class Stream:
         return Stream(self.hidden.to(device), *_mapped(self.args, self.kwargs, lambda t: t.to(device)))
 
 
-BUCKET_SAMPLES = 8  # samples per forward in a pass with no solve inside it (one pass's expert passes)
+BUCKET_SAMPLES = 8  # samples per forward in one pass, at least
+MAX_BUCKETS = 64  # in one pass, at most: CoM's merged pass runs a thread per bucket (lockstep.py)
 
 
 @dataclass
@@ -257,7 +260,7 @@ class _BlockMerger:
         for name, param in block.named_parameters():
             merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
         if self.method.reads & MERGED_STREAM_READS:
-            merged_stream.hidden = self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
+            self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
         else:
             self.solved_then_run(block, merged_stream, groups, labels, expert_blocks, xs)
         for task, mask, expert_out in zip(self.tasks, self.masks, expert_outs):
@@ -378,28 +381,35 @@ class _BlockMerger:
         set_group_weight(merged_modules, merged, bias)
 
     def merged_pass(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
-                    expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> torch.Tensor:
-        done: set[LayerGroup] = set()
+                    expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
+        """The merged pass of a method that reads the merged stream (CoM, RegMean++): the merged block runs on
+        every bucket of every task in lockstep (lockstep.py). At each layer group the forwards meet: the
+        group's X̂ from all of them is gathered, the shift measured, the group solved and written; then every
+        bucket runs it, so later groups of the block see merged inputs. The outputs are written back in place."""
         on_merged = self.experts_on_merged(stream, expert_blocks, groups)
+        pieces = [(t, bucket) for t, buckets in enumerate(self.buckets) for bucket in buckets]
 
-        def at_group(group: LayerGroup, label: str):
-            def hook(module: nn.Module, args: tuple) -> None:
-                if group in done:
-                    return
-                x_hat_all = args[0]
-                x_hats = [x_hat_all[t.rows][m].to(self.stat_dtype) for t, m in zip(self.tasks, self.masks)]
-                expert_x = [x[group] for x in xs]
-                for task, x_hat, x in zip(self.tasks, x_hats, expert_x):
-                    self.trace.shift[task.name].append(relative_error(x_hat, x))
-                if self.method.regression:
-                    self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x,
-                               [z[group] if z is not None else None for z in on_merged])
-                done.add(group)
-                self.on_group(label)
-            return hook
+        def run(i: int) -> torch.Tensor:
+            t, bucket = pieces[i]
+            return run_block(block, bucket.of(stream, self.tasks[t].rows.start).to(self.device))
 
-        with pre_hooks(block, {g.names[0]: at_group(g, lbl) for g, lbl in zip(groups, labels)}):
-            return run_block(block, stream)
+        def meet(k: int, arrived: list[torch.Tensor]) -> None:
+            group, label = groups[k], labels[k]
+            parts: list[list[torch.Tensor]] = [[] for _ in self.tasks]
+            for (t, bucket), x_hat in zip(pieces, arrived):
+                parts[t].append(x_hat[self.masks[t][bucket.rows, :bucket.width]].to(self.stat_dtype))
+            x_hats = [torch.cat(p) for p in parts]
+            expert_x = [x[group] for x in xs]
+            for task, x_hat, x in zip(self.tasks, x_hats, expert_x):
+                self.trace.shift[task.name].append(relative_error(x_hat, x))
+            if self.method.regression:
+                self.solve(group, label, group.modules(block), expert_blocks, x_hats, expert_x,
+                           [z[group] if z is not None else None for z in on_merged])
+            self.on_group(label)
+
+        outs = lockstep(block, run, len(pieces), [g.names[0] for g in groups], meet)
+        for (t, bucket), out in zip(pieces, outs):
+            bucket.write(stream, out, self.tasks[t].rows.start)
 
     def solved_then_run(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
                         expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
@@ -521,7 +531,7 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
                     held = 2 * merged_stream.hidden.numel() * merged_stream.hidden.element_size()
                     trace.merge_batch = plan_batch(options, groups, block, calibration, method,
                                                    streams_bytes=held if placement.offload else 0)
-                    size = trace.merge_batch or BUCKET_SAMPLES
+                    size = trace.merge_batch or max(BUCKET_SAMPLES, -(-len(calibration.token_mask) // MAX_BUCKETS))
                     buckets = [plan_buckets(family, backbone, block, calibration, t, size, store) for t in tasks]
                 merger = _BlockMerger(method, options, tasks, masks, trace, on_group, on_batch, device, buckets)
                 if trace.merge_batch is None:
