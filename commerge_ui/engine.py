@@ -6,10 +6,12 @@ Two kinds of stream advance through the network one block at a time:
 Per block, each expert's block is read from its safetensors files into a scratch copy and run once on its
 stream (capturing every layer group's inputs X_i); then the merged block runs once on the merged stream,
 and a pre-hook on each layer group solves and writes that group's weights *before* the group runs, so later
-groups of the same block already see merged inputs (CoM's X̂). Cost: one expert forward per task and one
-merged forward per block, plus the Gram work; the merged prefix is never re-run. Every pass runs by buckets:
-a few samples of similar length cut to their longest (docs/method.md §6), so that padding is not run; in the
-merged pass the buckets' forwards run in lockstep (lockstep.py) and meet at each group for its solve.
+groups of the same block already see merged inputs (CoM's X̂). A method that reads nothing of the merged
+stream (RegMean) is solved from the experts' inputs first, and its merged pass only advances the stream and
+measures the shift. Cost: one expert forward per task and one merged forward per block, plus the Gram work;
+the merged prefix is never re-run. Every pass runs by buckets: a few samples of similar length cut to their
+longest (docs/method.md §6), so that padding is not run; where the groups are solved inside the merged
+pass, the buckets' forwards run in lockstep (lockstep.py) and meet at each group.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from .offload import Placement, on_device
 from .resources import PeakMemory
 from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
 from .sources import ModelSource
+
+# What makes a method's groups be solved inside the merged block's one forward (CoM, RegMean++); the others
+# are solved from the experts' inputs before it.
+MERGED_STREAM_READS = frozenset({MERGED_INPUTS, EXPERT_ON_MERGED})
 
 
 @dataclass
@@ -242,8 +248,8 @@ class _BlockMerger:
                     merge_tensor: Callable[[str, Iterable[torch.Tensor], torch.Tensor], None]) -> None:
         """Advance every stream through one block, merging it on the way: each expert's block (read from its
         files) runs on its stream, by buckets; the block is first merged by the method's rule (LayerNorms stay
-        so), then the merged pass solves its layer groups in order (merged_pass) and the block output's shift
-        is kept."""
+        so), then its layer groups are solved in order and the merged stream advanced (merged_pass, or
+        solved_then_run where the method reads nothing of the merged stream) and the block output's shift kept."""
         dtype = next(block.parameters()).dtype
         expert_blocks, xs, expert_outs = [], [], []
         for task, stream, mask, buckets in zip(self.tasks, expert_streams, self.masks, self.buckets):
@@ -253,7 +259,10 @@ class _BlockMerger:
             expert_outs.append(stream.hidden[mask].to(self.stat_dtype))
         for name, param in block.named_parameters():
             merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
-        self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
+        if self.method.reads & MERGED_STREAM_READS:
+            self.merged_pass(block, merged_stream, groups, labels, expert_blocks, xs)
+        else:
+            self.solved_then_run(block, merged_stream, groups, labels, expert_blocks, xs)
         for task, mask, expert_out in zip(self.tasks, self.masks, expert_outs):
             merged_out = merged_stream.hidden[task.rows][mask].to(self.stat_dtype)
             self.trace.block_shift[task.name].append(relative_error(merged_out, expert_out))
@@ -373,10 +382,10 @@ class _BlockMerger:
 
     def merged_pass(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
                     expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
-        """The merged block runs on every bucket of every task in lockstep (lockstep.py). At each layer group
-        the forwards meet: the group's X̂ from all of them is gathered, the shift measured, the group solved
-        (from what the method reads) and written; then every bucket runs it, so later groups of the block see
-        merged inputs (CoM's X̂). The outputs are written back into the merged stream in place."""
+        """The merged pass of a method that reads the merged stream (CoM, RegMean++): the merged block runs on
+        every bucket of every task in lockstep (lockstep.py). At each layer group the forwards meet: the
+        group's X̂ from all of them is gathered, the shift measured, the group solved and written; then every
+        bucket runs it, so later groups of the block see merged inputs. The outputs are written back in place."""
         on_merged = self.experts_on_merged(stream, expert_blocks, groups)
         pieces = [(t, bucket) for t, buckets in enumerate(self.buckets) for bucket in buckets]
 
@@ -401,6 +410,23 @@ class _BlockMerger:
         outs = lockstep(block, run, len(pieces), [g.names[0] for g in groups], meet)
         for (t, bucket), out in zip(pieces, outs):
             bucket.write(stream, out, self.tasks[t].rows.start)
+
+    def solved_then_run(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
+                        expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
+        """The merged pass of a method that reads nothing of the merged stream (RegMean; a data-free method's
+        shift): every group is solved from the experts' inputs first, then the merged block runs by buckets,
+        as the expert passes do, and each group's shift is measured on the way."""
+        for group, label in zip(groups, labels):
+            if self.method.regression:
+                self.solve(group, label, group.modules(block), expert_blocks, [None] * len(xs),
+                           [x[group] for x in xs], [None] * len(xs))
+                self.on_group(label)
+        for task, mask, buckets, x in zip(self.tasks, self.masks, self.buckets, xs):
+            x_hats = self.bucket_pass(block, stream, buckets, mask, groups, offset=task.rows.start)
+            self.trace.shift[task.name].extend(relative_error(x_hats[g], x[g]) for g in groups)
+        if not self.method.regression:
+            for label in labels:
+                self.on_group(label)
 
     def experts_on_merged(self, stream: Stream, expert_blocks: list[nn.Module],
                           groups: list[LayerGroup]) -> list[dict[LayerGroup, torch.Tensor] | None]:
