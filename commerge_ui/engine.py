@@ -385,20 +385,33 @@ class _BlockMerger:
         """The merged pass of a method that reads the merged stream (CoM, RegMean++): the merged block runs on
         every bucket of every task in lockstep (lockstep.py). At each layer group the forwards meet: the
         group's X̂ from all of them is gathered, the shift measured, the group solved and written; then every
-        bucket runs it, so later groups of the block see merged inputs. The outputs are written back in place."""
+        bucket runs it, so later groups of the block see merged inputs. The outputs are written back in place.
+        Where no bucket has padding to cut, one forward over every row does the same without the threads."""
         on_merged = self.experts_on_merged(stream, expert_blocks, groups)
-        pieces = [(t, bucket) for t, buckets in enumerate(self.buckets) for bucket in buckets]
+        if any(b.width < stream.hidden.shape[1] for buckets in self.buckets for b in buckets):
+            spans = [(slice(b.rows.start + task.rows.start, b.rows.stop + task.rows.start), b.width, b)
+                     for task, buckets in zip(self.tasks, self.buckets) for b in buckets]
+        else:
+            whole = Bucket(slice(0, stream.hidden.shape[0]), stream.hidden.shape[1], stream.args, stream.kwargs)
+            spans = [(whole.rows, whole.width, whole)]
 
         def run(i: int) -> torch.Tensor:
-            t, bucket = pieces[i]
-            return run_block(block, bucket.of(stream, self.tasks[t].rows.start).to(self.device))
+            rows, _, bucket = spans[i]
+            return run_block(block, bucket.of(stream, rows.start - bucket.rows.start).to(self.device))
+
+        def task_rows(t: int, arrived: list[torch.Tensor]) -> torch.Tensor:
+            """Task t's X̂ on its statistics tokens, in row order, from the forwards' inputs at a group."""
+            task, mask, parts = self.tasks[t], self.masks[t], []
+            for (rows, width, _), x_hat in zip(spans, arrived):
+                lo, hi = max(rows.start, task.rows.start), min(rows.stop, task.rows.stop)
+                if lo < hi:
+                    real = mask[lo - task.rows.start:hi - task.rows.start, :width]
+                    parts.append(x_hat[lo - rows.start:hi - rows.start][real].to(self.stat_dtype))
+            return torch.cat(parts)
 
         def meet(k: int, arrived: list[torch.Tensor]) -> None:
             group, label = groups[k], labels[k]
-            parts: list[list[torch.Tensor]] = [[] for _ in self.tasks]
-            for (t, bucket), x_hat in zip(pieces, arrived):
-                parts[t].append(x_hat[self.masks[t][bucket.rows, :bucket.width]].to(self.stat_dtype))
-            x_hats = [torch.cat(p) for p in parts]
+            x_hats = [task_rows(t, arrived) for t in range(len(self.tasks))]
             expert_x = [x[group] for x in xs]
             for task, x_hat, x in zip(self.tasks, x_hats, expert_x):
                 self.trace.shift[task.name].append(relative_error(x_hat, x))
@@ -407,9 +420,9 @@ class _BlockMerger:
                            [z[group] if z is not None else None for z in on_merged])
             self.on_group(label)
 
-        outs = lockstep(block, run, len(pieces), [g.names[0] for g in groups], meet)
-        for (t, bucket), out in zip(pieces, outs):
-            bucket.write(stream, out, self.tasks[t].rows.start)
+        outs = lockstep(block, run, len(spans), [g.names[0] for g in groups], meet)
+        for (rows, _, bucket), out in zip(spans, outs):
+            bucket.write(stream, out, rows.start - bucket.rows.start)
 
     def solved_then_run(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
                         expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
