@@ -51,6 +51,9 @@ def lockstep(block: nn.Module, run: Callable[[int], torch.Tensor], count: int, s
             try:
                 with torch.no_grad():
                     outputs[index] = run(index)
+                if len(state.passed) < len(stops):  # the others would wait for it at a stop forever
+                    missed = stops[min(set(range(len(stops))) - state.passed)]
+                    raise RuntimeError(f"a forward ended without reaching '{missed}', where the others wait")
             except BaseException as error:  # noqa: BLE001 - handed to the caller below
                 errors.append(error)
                 for barrier in barriers:

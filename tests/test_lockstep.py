@@ -68,3 +68,14 @@ def test_an_error_in_one_forward_ends_the_others_and_is_raised():
     with pytest.raises(RuntimeError, match="shapes|size"):
         lockstep(block, lambda i: block(inputs[i]), 3, ["0", "2"], lambda k, xs: met.append(k))
     assert met == [0]  # the first stop is met (the bad forward fails inside its first layer), the second never
+
+
+def test_a_forward_that_skips_a_stop_is_an_error_not_a_hang():
+    block = _block()
+
+    def run(i: int) -> torch.Tensor:
+        x = block[1](block[0](torch.randn(3, 4)))
+        return block[2](x) if i != 1 else x  # the second forward never reaches the last layer
+
+    with pytest.raises(RuntimeError, match="without reaching '2'"):
+        lockstep(block, run, 3, ["0", "2"], lambda k, xs: None)
