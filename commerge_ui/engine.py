@@ -107,16 +107,17 @@ class Bucket:
     args: tuple
     kwargs: dict
 
-    def _at(self, offset: int) -> slice:
+    def at(self, offset: int) -> slice:
+        """Its rows in a stream where the task's rows start at `offset`."""
         return slice(self.rows.start + offset, self.rows.stop + offset)
 
     def of(self, stream: Stream, offset: int = 0) -> Stream:
-        return Stream(stream.hidden[self._at(offset), :self.width], self.args, self.kwargs)
+        return Stream(stream.hidden[self.at(offset), :self.width], self.args, self.kwargs)
 
     def write(self, stream: Stream, out: torch.Tensor, offset: int = 0) -> None:
         """The block's output for these samples, in place (onto the host where the stream is kept there); the
         positions past `width` hold padding, which no real token reads."""
-        stream.hidden[self._at(offset), :self.width] = out
+        stream.hidden[self.at(offset), :self.width] = out
 
 
 class _StopForward(Exception):
@@ -389,23 +390,23 @@ class _BlockMerger:
         Where no bucket has padding to cut, one forward over every row does the same without the threads."""
         on_merged = self.experts_on_merged(stream, expert_blocks, groups)
         if any(b.width < stream.hidden.shape[1] for buckets in self.buckets for b in buckets):
-            spans = [(slice(b.rows.start + task.rows.start, b.rows.stop + task.rows.start), b.width, b)
-                     for task, buckets in zip(self.tasks, self.buckets) for b in buckets]
+            # (bucket, where its rows start in the merged stream)
+            pieces = [(b, task.rows.start) for task, buckets in zip(self.tasks, self.buckets) for b in buckets]
         else:
-            whole = Bucket(slice(0, stream.hidden.shape[0]), stream.hidden.shape[1], stream.args, stream.kwargs)
-            spans = [(whole.rows, whole.width, whole)]
+            pieces = [(Bucket(slice(0, len(stream.hidden)), stream.hidden.shape[1], stream.args, stream.kwargs), 0)]
 
         def run(i: int) -> torch.Tensor:
-            rows, _, bucket = spans[i]
-            return run_block(block, bucket.of(stream, rows.start - bucket.rows.start).to(self.device))
+            bucket, offset = pieces[i]
+            return run_block(block, bucket.of(stream, offset).to(self.device))
 
         def task_rows(t: int, arrived: list[torch.Tensor]) -> torch.Tensor:
             """Task t's X̂ on its statistics tokens, in row order, from the forwards' inputs at a group."""
             task, mask, parts = self.tasks[t], self.masks[t], []
-            for (rows, width, _), x_hat in zip(spans, arrived):
+            for (bucket, offset), x_hat in zip(pieces, arrived):
+                rows = bucket.at(offset)
                 lo, hi = max(rows.start, task.rows.start), min(rows.stop, task.rows.stop)
                 if lo < hi:
-                    real = mask[lo - task.rows.start:hi - task.rows.start, :width]
+                    real = mask[lo - task.rows.start:hi - task.rows.start, :bucket.width]
                     parts.append(x_hat[lo - rows.start:hi - rows.start][real].to(self.stat_dtype))
             return torch.cat(parts)
 
@@ -420,9 +421,9 @@ class _BlockMerger:
                            [z[group] if z is not None else None for z in on_merged])
             self.on_group(label)
 
-        outs = lockstep(block, run, len(spans), [g.names[0] for g in groups], meet)
-        for (rows, _, bucket), out in zip(spans, outs):
-            bucket.write(stream, out, rows.start - bucket.rows.start)
+        outs = lockstep(block, run, len(pieces), [g.names[0] for g in groups], meet)
+        for (bucket, offset), out in zip(pieces, outs):
+            bucket.write(stream, out, offset)
 
     def solved_then_run(self, block: nn.Module, stream: Stream, groups: list[LayerGroup], labels: list[str],
                         expert_blocks: list[nn.Module], xs: list[dict[LayerGroup, torch.Tensor]]) -> None:
