@@ -229,14 +229,17 @@ class _BlockMerger:
         self.stat_dtype = torch.float64 if options.gram_dtype == "float64" else torch.float32
 
     def bucket_pass(self, block: nn.Module, stream: Stream, buckets: list[Bucket], mask: torch.Tensor,
-                    groups: list[LayerGroup], offset: int = 0) -> dict[LayerGroup, torch.Tensor]:
-        """`block` run on one task's rows of `stream` bucket by bucket, its output written back in place; returns
-        each group's inputs on the statistics tokens (`mask`), in the order one forward over all rows gives."""
+                    groups: list[LayerGroup], offset: int = 0,
+                    advance: bool = True) -> dict[LayerGroup, torch.Tensor]:
+        """`block` run on one task's rows of `stream` bucket by bucket, its output written back in place unless
+        `advance` is False; returns each group's inputs on the statistics tokens (`mask`), in the order one
+        forward over all rows gives."""
         parts: dict[LayerGroup, list[torch.Tensor]] = {g: [] for g in groups}
         for bucket in buckets:
             out, xs = self.expert_pass(block, bucket.of(stream, offset).to(self.device),
                                        mask[bucket.rows, :bucket.width], groups)
-            bucket.write(stream, out, offset)
+            if advance:
+                bucket.write(stream, out, offset)
             for group in groups:
                 parts[group].append(xs[group])
         return {g: torch.cat(p) for g, p in parts.items()}
@@ -445,14 +448,12 @@ class _BlockMerger:
     def experts_on_merged(self, stream: Stream, expert_blocks: list[nn.Module],
                           groups: list[LayerGroup]) -> list[dict[LayerGroup, torch.Tensor] | None]:
         """For methods that read it (RegMean++): each expert's own block run on its task's rows of the merged
-        block input, keeping every group's inputs. One more expert forward per task and block."""
+        block input, keeping every group's inputs. One more expert forward per task and block, by buckets; the
+        merged stream is read, not advanced."""
         if EXPERT_ON_MERGED not in self.method.reads:
             return [None] * len(self.tasks)
-        out = []
-        for task, mask, expert_block in zip(self.tasks, self.masks, expert_blocks):
-            rows = rows_stream(stream, task.rows)
-            out.append(self.expert_pass(expert_block, rows, mask, groups)[1])
-        return out
+        return [self.bucket_pass(expert_block, stream, buckets, mask, groups, offset=task.rows.start, advance=False)
+                for task, mask, expert_block, buckets in zip(self.tasks, self.masks, expert_blocks, self.buckets)]
 
 
 def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask], calibration: EncodedSamples,
