@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import load_config
 from .demo import unbuilt_demos
-from .engine import ProgressEvent
+from .engine import PHASE_RUNNING, ProgressEvent
 from .errors import Cancelled, InputError, MergeError
 from .export import atomic_folder
 from .report import in_percent, last_shift, verdict
@@ -108,12 +108,10 @@ class ProgressPrinter:
 
 
 _UNITS = {"references": "model", "merge": "group", "score": "task", "save": "model"}
-_VERBS = {"references": "scoring experts and base", "merge": "merging", "score": "scoring", "save": "saving"}
 
 
 def _describe(event: ProgressEvent) -> str:
-    verb = _VERBS[event.phase]
-    return f"{event.method}: {verb}" if event.method else verb
+    return f"{event.method or 'experts and base'}: {PHASE_RUNNING[event.phase]}"
 
 
 def main(argv: list[str] | None = None) -> int:

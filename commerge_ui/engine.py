@@ -49,6 +49,9 @@ class EngineTask:
 
 
 PHASES = ("references", "merge", "score", "save")
+# What a run is doing in each phase, and what it did, as the CLI and the page say it.
+PHASE_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring", "save": "saving"}
+PHASE_DONE = {"references": "scored", "merge": "merged", "score": "scored", "save": "saved"}
 
 
 @dataclass

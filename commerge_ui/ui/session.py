@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import MergeConfig
-from ..engine import PHASES, ProgressEvent
+from ..engine import PHASE_DONE, PHASE_RUNNING, PHASES, ProgressEvent
 from ..errors import Cancelled, InputError, MergeError
 from ..export import atomic_folder, write_config_bundle
 from ..report import Report
@@ -120,12 +120,10 @@ class PhaseRow:
         return (now - self.phase_began) / self.step * (self.total - self.step)
 
     def summary(self) -> str:
-        parts = [f"{_PAST[p]} in {self.seconds[p]:.1f} s" for p in PHASES if p in self.seconds]
+        parts = [f"{PHASE_DONE[p]} in {self.seconds[p]:.1f} s" for p in PHASES if p in self.seconds]
         return "done: " + ", ".join(parts) if parts else "done"
 
 
-_PAST = {"references": "scored", "merge": "merged", "score": "scored", "save": "saved"}
-_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring", "save": "saving"}
 
 
 @dataclass
@@ -212,10 +210,10 @@ class RunProgress:
             elif row.began is None:
                 info, value, total = ("stopped" if self.error else "waiting"), 0, 1
             elif self.error:
-                info, value, total = f"stopped while {_RUNNING.get(row.phase, 'starting')}", row.step, max(row.total, 1)
+                info, value, total = f"stopped while {PHASE_RUNNING.get(row.phase, 'starting')}", row.step, max(row.total, 1)
             else:
                 eta = row.eta(now)
-                what = _RUNNING.get(row.phase, "starting")
+                what = PHASE_RUNNING.get(row.phase, "starting")
                 count = f" {row.step}/{row.total}" if row.total else ""
                 label = f" · {html.escape(row.label)}" if row.label else ""
                 info = f"{what}{count}{label}" + (f" · ETA {eta:.0f} s" if eta is not None else "")
