@@ -69,7 +69,7 @@ def tiny_app(tiny_deep, tmp_path_factory):
 def test_api_runs_a_merge_and_returns_plots_and_report(tiny_app):
     config, client = tiny_app
     out = outputs_by_name(client.predict(*run_args(config, ["com", "regmean"], 24, 16), api_name="/run"))
-    assert out["status"].startswith("✅ done · best average accuracy")
+    assert out["status"].startswith("✔ done · best average accuracy")
     report = json.loads(Path(out["report_file"]).read_text())
     assert report == out["report"]
     assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
@@ -92,12 +92,12 @@ def test_run_config_endpoint_takes_a_bundle_and_refuses_other_files(tiny_app, tm
         for path in (tmp_path / "bundle").rglob("*"):
             bundle.write(path, path.relative_to(tmp_path / "bundle").as_posix())
     status, report = client.predict(handle_file(str(archive)), "cpu", "float32", api_name="/run_config")
-    assert status.startswith("✅ done · best average accuracy"), status
+    assert status.startswith("✔ done · best average accuracy"), status
     assert report["methods"]["com"]["scores"] == run_merge(config, device="cpu").methods["com"].scores
     (tmp_path / "notes.txt").write_text("hello")
     status, report = client.predict(handle_file(str(tmp_path / "notes.txt")), "cpu", "float32",
                                     api_name="/run_config")
-    assert status == "❌ notes.txt: expected a config.yaml or a config bundle (.zip)" and report is None
+    assert status == "✘ notes.txt: expected a config.yaml or a config bundle (.zip)" and report is None
 
 
 def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
@@ -108,7 +108,7 @@ def test_api_reports_a_mismatched_expert_without_crashing(tiny_app, tmp_path):
     args = run_args(config, ["com"], 24, 16, experts={1: (e.name, str(tmp_path / "wide"), e.calibration, e.evaluation, "")})
     out = outputs_by_name(client.predict(*args, api_name="/run"))
     # refused before any weight is read, in the words of the form's note beside the model
-    assert out["status"].startswith("❌ fix what the form marks ❌ first: expert 2 (task1): ") and (
+    assert out["status"].startswith("✘ fix what the form marks ✘ first: expert 2 (task1): ") and (
         "does not match the base: hidden size 48, the base has 32" in out["status"])
     assert out["progress"] == ""  # nothing started
     assert client.predict(api_name="/cancel") == "Nothing is running."
@@ -138,7 +138,7 @@ def test_two_sessions_merge_one_at_a_time_in_separate_folders(tiny_app, monkeypa
     jobs = [Client(url, verbose=False).submit(*run_args(config, ["regmean"], 24, 16), api_name="/run")
             for _ in range(2)]
     outs = [outputs_by_name(job.result(timeout=300)) for job in jobs]
-    assert [o["status"].split(" · ")[0] for o in outs] == ["✅ done", "✅ done"]
+    assert [o["status"].split(" · ")[0] for o in outs] == ["✔ done", "✔ done"]
     (a_start, a_end, a_dir), (b_start, b_end, b_dir) = sorted(spans)
     assert a_end <= b_start, "two merges ran at the same time"
     assert Path(a_dir).parent != Path(b_dir).parent  # separate session folders
@@ -156,10 +156,10 @@ def test_the_app_merges_clip_and_causal_lm_experts_too(family, tmp_path):
             args[2 + 4 * MAX_EXPERTS] = "red, green, blue"  # expert 1's class names, in the order given
         client = Client(url, verbose=False)
         out = outputs_by_name(client.predict(*args, api_name="/run"))
-        model_zip = client.predict("com", api_name="/zip_model")[0] if out["status"].startswith("✅ done") else None
+        model_zip = client.predict("com", api_name="/zip_model")[0] if out["status"].startswith("✔ done") else None
     finally:
         app.close()
-    assert out["status"].startswith("✅ done"), out["status"]
+    assert out["status"].startswith("✔ done"), out["status"]
     report = out["report"]
     assert report["family"] == family and set(report["methods"]) == {"com", "regmean"}
     assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
@@ -234,7 +234,7 @@ def test_demo_in_the_browser(demo_app, browser):
     table = page.inner_text("#scores")
     for row in ("base", "experts", "Chain of Merges", "RegMean"):
         assert row in table
-    assert "✅ done" in page.inner_text("#run-status")
+    assert "✔ done" in page.inner_text("#run-status")
     page.close()
 
 
@@ -301,6 +301,6 @@ def test_bad_input_in_the_browser_is_shown_next_to_its_cause(demo_app, browser, 
     page.wait_for_function("document.querySelector('#samples-2-status').innerText.includes('broken.csv')")
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "bad_input.png"), full_page=True)
-    assert "❌" in page.inner_text("#samples-2-status")
-    assert "❌" not in page.inner_text("#expert-0-status")  # each message sits next to its own cause
+    assert "✘" in page.inner_text("#samples-2-status")
+    assert "✘" not in page.inner_text("#expert-0-status")  # each message sits next to its own cause
     page.close()

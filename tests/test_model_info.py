@@ -42,7 +42,7 @@ def test_the_differing_config_values_come_first_and_the_page_and_the_run_say_the
     assert shallow[0] == "layers 1, the base has 2" and "encoder.layer.1." in shallow[1]
     make_base(tmp_path / "wide", hidden=48)
     message = model_message(str(tmp_path / "wide"), str(tiny.base))
-    assert message.startswith("❌ ") and "does not match the base: hidden size 48, the base has 32; " in message
+    assert message.startswith("✘ ") and "does not match the base: hidden size 48, the base has 32; " in message
     config = tiny.config(methods=["average"])
     config["experts"][0]["model"] = str(tmp_path / "wide")
     with pytest.raises(InputError) as refused:

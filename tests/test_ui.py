@@ -4,20 +4,44 @@ import json
 import shutil
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 
+import commerge_ui
 from commerge_ui.cli import main as cli_main
 from commerge_ui.errors import InputError
 from commerge_ui.ui import handlers
 from commerge_ui.ui.form import (ExpertForm, evaluation_needs_labels, form_config, model_message, sample_preview,
                                  sample_thumbnails)
+from commerge_ui.ui import marks
 from commerge_ui.ui.session import Sessions
 
 from conftest import make_base
 from tiny_families import make_lm_setup, write_image_samples
 
 FAST = {"alpha": 0.9, "task_lambda": 0.3, "samples": 16, "max_length": 16}
+
+
+# Code points drawn as emoji by default (Unicode's Emoji_Presentation, the part below U+1F000), the selector that
+# asks for emoji drawing, and everything from U+1F000 on: a browser without a colour-emoji font shows a box.
+EMOJI = {*range(0x231A, 0x231C), *range(0x23E9, 0x23ED), 0x23F0, 0x23F3, *range(0x23F8, 0x23FB), 0x25FD, 0x25FE,
+         0x2614, 0x2615, *range(0x2648, 0x2654), 0x267F, 0x2693, 0x26A1, 0x26AA, 0x26AB, 0x26BD, 0x26BE, 0x26C4,
+         0x26C5, 0x26CE, 0x26D4, 0x26EA, 0x26F2, 0x26F3, 0x26F5, 0x26FA, 0x26FD, 0x2705, 0x270A, 0x270B, 0x2728,
+         0x274C, 0x274E, *range(0x2753, 0x2756), 0x2757, *range(0x2795, 0x2798), 0x27B0, 0x27BF, 0x2B1B, 0x2B1C,
+         0x2B50, 0x2B55, 0xFE0F}
+
+
+def test_no_emoji_where_a_plain_font_shows_a_box():
+    """Debian's chromium without a colour-emoji font drew the page's ✅/❌ marks as empty boxes: the package's
+    sources (everything the page and the CLI print) hold no emoji, and the marks are plain symbols."""
+    found = [f"{path.name}:{number}: {line.strip()}"
+             for path in sorted(Path(commerge_ui.__file__).parent.rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if any(ord(ch) in EMOJI or ord(ch) >= 0x1F000 for ch in line)]
+    assert found == []
+    symbols = [marks.OK, marks.PROBLEM, marks.WARNING, marks.INFO, marks.PENDING, marks.STOPPING]
+    assert len(set(symbols)) == len(symbols) and all(len(s) == 1 and ord(s) not in EMOJI for s in symbols)
 
 
 def experts_of(tiny, names=("task0", "task1")):
@@ -35,12 +59,12 @@ def finished(tiny, tmp_path_factory):
 
 
 def test_model_messages(tmp_path, tiny):
-    assert model_message(str(tiny.experts["task0"]), str(tiny.base)).startswith("✅")
+    assert model_message(str(tiny.experts["task0"]), str(tiny.base)).startswith("✔")
     assert "matches the base" in model_message(str(tiny.experts["task0"]), str(tiny.base))
     make_base(tmp_path / "wide", hidden=48)
     mismatch = model_message(str(tmp_path / "wide"), str(tiny.base))
-    assert mismatch.startswith("❌") and "does not match the base" in mismatch and "[48]" in mismatch
-    assert model_message(str(tmp_path / "none"), str(tiny.base)).startswith("❌")
+    assert mismatch.startswith("✘") and "does not match the base" in mismatch and "[48]" in mismatch
+    assert model_message(str(tmp_path / "none"), str(tiny.base)).startswith("✘")
     assert model_message("", str(tiny.base)) == ""
 
 
@@ -60,16 +84,16 @@ def test_run_refuses_what_the_form_marks(tmp_path, tiny):
 
 def test_sample_previews_and_their_errors(tmp_path, tiny):
     rows, note = sample_preview(str(tiny.evaluation["task0"]), need_labels=True)
-    assert len(rows) == 5 and note == "✅ task0_eval.jsonl: 16 samples, 2 labels"
+    assert len(rows) == 5 and note == "✔ task0_eval.jsonl: 16 samples, 2 labels"
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert sample_preview(str(empty), need_labels=False) == ([], "❌ empty.txt: no samples")
+    assert sample_preview(str(empty), need_labels=False) == ([], "✘ empty.txt: no samples")
     broken = tmp_path / "broken.csv"
     broken.write_text("text,label\nfine,1\n,0\n")
     rows, note = sample_preview(str(broken), need_labels=True)
-    assert rows == [] and note.startswith("❌ broken.csv:3:") and "text" in note
+    assert rows == [] and note.startswith("✘ broken.csv:3:") and "text" in note
     rows, note = sample_preview(str(tiny.calibration["task0"]), need_labels=True)
-    assert note.startswith("❌") and "no label" in note
+    assert note.startswith("✘") and "no label" in note
 
 
 def test_form_becomes_a_config(tiny):
@@ -208,7 +232,7 @@ def test_push_uses_the_token_once_and_names_the_model(finished):
 
     _, session, _ = finished
     hub = StandInHub()
-    assert handlers.push(session, "com", "me/merged", "hf_secret", True, api=hub).startswith("✅ pushed the Chain")
+    assert handlers.push(session, "com", "me/merged", "hf_secret", True, api=hub).startswith("✔ pushed the Chain")
     assert hub.calls[-1] == ("upload_folder", "me/merged", str(session.run_folder / "com"))
     for path in session.folder.rglob("*"):
         assert not path.is_file() or b"hf_secret" not in path.read_bytes()
@@ -242,7 +266,7 @@ def test_bad_input_in_a_run_is_a_message(tmp_path, tiny):
     forms[1].model = str(tmp_path / "wide")
     config = handlers.build_config(str(tiny.base), forms, ["com"], **FAST)
     last = list(handlers.run_merge_events(session, config, "cpu", "float32"))[-1]
-    assert last.error.startswith("❌") and "does not match the base" in last.error
+    assert last.error.startswith("✘") and "does not match the base" in last.error
     assert not session.run_folder.exists()
 
 
@@ -266,7 +290,7 @@ def test_demo_models_say_they_are_built_on_first_use(monkeypatch, key):
     d = demo.DEMOS[key]
     monkeypatch.setitem(demo.DEMOS, key, replace(d, is_built=lambda: False))
     message = model_message(str(d.models / "base"))
-    assert message.startswith("⏳ the demo's models are built on first use") and d.build_note in message
+    assert message.startswith("◷ the demo's models are built on first use") and d.build_note in message
     assert evaluation_needs_labels(str(d.models / "base")) == (key == "text")  # the LM is scored by perplexity
     config = MergeConfig(base="org/model", experts=[{"name": n, "model": str(d.models / n)} for n in ("a", "b")])
     assert [u.key for u in demo.unbuilt_demos(config)] == [key]
@@ -289,7 +313,7 @@ def test_a_demo_build_streams_its_log_and_reports_its_failure():
         raise OSError("disk full")
 
     waiting = RunProgress(["com"], stage="building")
-    assert list(_while_building(broken, waiting, every=0.01))[-1].error == "❌ building the demo failed: disk full"
+    assert list(_while_building(broken, waiting, every=0.01))[-1].error == "✘ building the demo failed: disk full"
 
 
 def test_closing_the_page_mid_run_cancels_it_and_frees_the_folder(tmp_path, tiny):
@@ -312,7 +336,7 @@ def test_closing_the_page_mid_run_cancels_it_and_frees_the_folder(tmp_path, tiny
 def test_image_uploads_are_previewed_with_thumbnails_and_class_names_reach_the_config(tmp_path):
     archive = write_image_samples(tmp_path / "cal.zip", "zip", 6, seed=0, classes=["red", "blue"])
     rows, note = sample_preview(str(archive), need_labels=True)
-    assert note == "✅ cal.zip: 6 samples, 2 labels"
+    assert note == "✔ cal.zip: 6 samples, 2 labels"
     assert rows[0][0] == "[PNG image, 40×40]" and {r[1] for r in rows} == {"red", "blue"}
     thumbnails = sample_thumbnails(str(archive))
     assert len(thumbnails) == 5 and thumbnails[0][0].size == (40, 40)
@@ -327,7 +351,7 @@ def test_evaluation_labels_are_asked_for_unless_the_base_is_a_causal_lm(tiny, tm
     assert evaluation_needs_labels(str(lm.base)) is False
     assert evaluation_needs_labels(str(tmp_path / "missing")) is True and evaluation_needs_labels("") is True
     unlabelled = str(lm.calibration["task0"])
-    assert sample_preview(unlabelled, evaluation_needs_labels(str(lm.base)))[1].startswith("✅")
+    assert sample_preview(unlabelled, evaluation_needs_labels(str(lm.base)))[1].startswith("✔")
     assert "has no label" in sample_preview(unlabelled, evaluation_needs_labels(str(tiny.base)))[1]
 
 

@@ -15,6 +15,7 @@ from . import handlers
 from .form import (ExpertForm, evaluation_needs_labels, marked_problems, model_message, sample_preview,
                    sample_thumbnails)
 from .handlers import DEFAULT_METHODS, MAX_EXPERTS
+from .marks import PROBLEM, STOPPING
 from .session import Sessions
 
 UPLOAD_TYPES = [".jsonl", ".csv", ".txt", ".zip"]
@@ -373,7 +374,7 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
         try:
             config = _config_from_form(values)
         except InputError as err:
-            yield {results.status: f"❌ {err}", run.progress: ""}
+            yield {results.status: f"{PROBLEM} {err}", run.progress: ""}
             return
         yield {run.run: gr.update(interactive=False, value="Running…")}
         for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
@@ -406,7 +407,7 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
         if not session.running:
             return "Nothing is running."
         session.cancel.set()
-        return "⏹ cancelling after the current layer group…"
+        return f"{STOPPING} cancelling after the current layer group…"
 
     run.cancel.click(on_cancel, None, results.status, queue=False, api_name="cancel")
 
@@ -425,7 +426,7 @@ def _wire_export(sessions: Sessions, results: _Results, export: _Export) -> None
         try:
             return handlers.zip_model(sessions.get(request.session_hash), method), ""
         except InputError as err:
-            return None, f"❌ {err}"
+            return None, f"{PROBLEM} {err}"
 
     export.zip_button.click(on_zip, export.method, [export.model_file, export.push_note], api_name="zip_model")
 
@@ -440,7 +441,7 @@ def _wire_export(sessions: Sessions, results: _Results, export: _Export) -> None
         try:
             message = handlers.push(sessions.get(request.session_hash), method, repo, secret, is_private)
         except InputError as err:
-            message = f"❌ {err}"
+            message = f"{PROBLEM} {err}"
         return message, ""  # the token box is cleared either way
 
     export.push_button.click(on_push, [export.method, export.repo_id, export.token, export.private],
@@ -467,7 +468,7 @@ def _config_from_form(values: tuple):
                for k in range(count)]
     problems = marked_problems(base or "", experts)
     if problems:
-        raise InputError("fix what the form marks ❌ first: " + " · ".join(problems))
+        raise InputError(f"fix what the form marks {PROBLEM} first: " + " · ".join(problems))
     return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length,
                                  evaluation_samples=int(evaluation or 0) or None)
 

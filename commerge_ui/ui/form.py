@@ -20,6 +20,7 @@ from ..model_info import ModelInfo, fit_problems, inspect_model
 from ..images import open_rgb
 from ..samples import Sample, read_samples
 from ..sources import is_repo_id
+from .marks import OK, PENDING, PROBLEM
 
 PREVIEW_ROWS = 5
 _SAFE_NAME = re.compile(r"[^\w.\-]+")
@@ -45,27 +46,27 @@ def model_message(ref: str | None, base_ref: str | None = None) -> str:
         return ""
     demo = demo_of(ref)
     if demo is not None and not demo.is_built():
-        return f"⏳ the demo's models are built on first use ({demo.build_note}); Run builds them and waits"
+        return f"{PENDING} the demo's models are built on first use ({demo.build_note}); Run builds them and waits"
     try:
         info = _inspect(ref)
     except InputError as err:
-        return f"❌ {err}"
+        return f"{PROBLEM} {err}"
     if not base_ref or not base_ref.strip() or base_ref.strip() == ref.strip():
-        return f"✅ {info.summary()}"
+        return f"{OK} {info.summary()}"
     try:
         base = _inspect(base_ref)
     except InputError:
-        return f"✅ {info.summary()} · (the base could not be read, so it is not compared yet)"
+        return f"{OK} {info.summary()} · (the base could not be read, so it is not compared yet)"
     return _fit_message(info, base)
 
 
 def marked_problems(base_ref: str, experts: list["ExpertForm"]) -> list[str]:
-    """What the form already marks ❌ on its models (the base, then each expert that has a model): Run refuses
+    """What the form already marks ✘ on its models (the base, then each expert that has a model): Run refuses
     to start on them, in the same words, before any weight is loaded. A Hub model the check could not reach is
     not counted (the run may still find it in the local cache)."""
     def refused(ref: str, note: str) -> bool:
         local = not is_repo_id(ref.strip()) or Path(ref.strip()).expanduser().exists()
-        return note.startswith("❌") and (local or "does not match the base" in note)
+        return note.startswith(PROBLEM) and (local or "does not match the base" in note)
 
     problems = []
     base_note = model_message(base_ref)
@@ -81,8 +82,8 @@ def marked_problems(base_ref: str, experts: list["ExpertForm"]) -> list[str]:
 def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     problems = fit_problems(base, info)
     if problems:
-        return f"❌ {info.summary()} · does not match the base: {'; '.join(problems)}"
-    return f"✅ {info.summary()} · matches the base"
+        return f"{PROBLEM} {info.summary()} · does not match the base: {'; '.join(problems)}"
+    return f"{OK} {info.summary()} · matches the base"
 
 
 def evaluation_needs_labels(base_ref: str | None) -> bool:
@@ -107,11 +108,11 @@ def sample_preview(path: str | None, need_labels: bool) -> tuple[list[list], str
     try:
         samples = read_samples(path, need_labels=need_labels)
     except InputError as err:
-        return [], f"❌ {str(err).replace(str(path), name)}"
+        return [], f"{PROBLEM} {str(err).replace(str(path), name)}"
     rows = [[_describe(s), "" if s.label is None else str(s.label)] for s in samples[:PREVIEW_ROWS]]
     labels = {s.label for s in samples if s.label is not None}
     detail = f", {len(labels)} labels" if labels else ", unlabelled"
-    return rows, f"✅ {name}: {len(samples)} samples{detail}"
+    return rows, f"{OK} {name}: {len(samples)} samples{detail}"
 
 
 def sample_thumbnails(path: str | None, count: int = PREVIEW_ROWS) -> list[tuple[Image.Image, str]]:

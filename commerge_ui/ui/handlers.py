@@ -20,6 +20,7 @@ from ..methods import METHODS
 from ..report import verdict
 from . import plots
 from .form import ExpertForm, form_config
+from .marks import INFO, OK, PROBLEM, WARNING
 from .session import RunProgress, Session, run_in_background
 
 MAX_EXPERTS = 8
@@ -57,7 +58,7 @@ def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
     try:
         return search_models(query or "", base), ""
     except InputError as err:
-        return [], f"ℹ️ {err}"
+        return [], f"{INFO} {err}"
 
 
 def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str) -> Iterator[RunProgress]:
@@ -88,7 +89,7 @@ def _while_building(build, waiting: RunProgress, every: float = 1.0) -> Iterator
         worker.join(every)
         yield waiting
     if failed:
-        waiting.error = f"❌ building the demo failed: {failed[0]}"
+        waiting.error = f"{PROBLEM} building the demo failed: {failed[0]}"
         yield waiting
 
 
@@ -124,7 +125,7 @@ def result_views(report: dict, shown: list[str], heat_method: str | None, normal
         scores=pd.DataFrame(rows, columns=header),
         bars=plots.score_bars(report, normalized),
         costs=pd.DataFrame(cost_rows, columns=cost_header),
-        warnings="\n".join(f"⚠️ {w}" for w in warnings),
+        warnings="\n".join(f"{WARNING} {w}" for w in warnings),
     )
 
 
@@ -159,12 +160,12 @@ def run_config(session: Session, path: str | None, device: str, dtype: str) -> t
     try:
         config = config_from_upload(session, path)
     except InputError as err:
-        return f"❌ {err}", None
+        return f"{PROBLEM} {err}", None
     last = None
     for last in run_merge_events(session, config, device or "auto", dtype or "float32"):
         pass
     if last is None or last.report is None:
-        return (last.error if last is not None and last.error else "❌ the run stopped"), None
+        return (last.error if last is not None and last.error else f"{PROBLEM} the run stopped"), None
     report = report_dict(last)
     return verdict_line(report), report
 
@@ -186,7 +187,7 @@ def compare_views(session: Session, chosen: list[str]) -> tuple[object, pd.DataF
 def verdict_line(report: dict) -> str:
     """The status after a run: done, and the one-line verdict with the methods' titles."""
     line = verdict(report, {m: plots.title_of(m) for m in report["methods"]})
-    return f"✅ done · {line}" if line else "✅ done"
+    return f"{OK} done · {line}" if line else f"{OK} done"
 
 
 def report_dict(progress: RunProgress) -> dict:
@@ -228,4 +229,4 @@ def zip_config_bundle(session: Session) -> str:
 def push(session: Session, method: str | None, repo_id: str, token: str, private: bool, api=None) -> str:
     """Push the chosen merged model to the Hub; the token is used for this call only."""
     url = push_folder(_merged_folder(session, method), repo_id, token, private, api=api)
-    return f"✅ pushed the {plots.title_of(method)} model to {url}"
+    return f"{OK} pushed the {plots.title_of(method)} model to {url}"

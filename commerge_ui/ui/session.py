@@ -22,6 +22,7 @@ from ..engine import PHASE_DONE, PHASE_RUNNING, PHASES, ProgressEvent
 from ..errors import Cancelled, InputError, MergeError
 from ..export import atomic_folder, write_config_bundle
 from ..report import Report
+from .marks import PROBLEM
 from .plots import title_of
 
 POLL_SECONDS = 0.5
@@ -249,7 +250,7 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
     session.cancel.clear()
 
     def work() -> None:
-        outcome: tuple[str, object] = ("error", "❌ the run stopped unexpectedly")
+        outcome: tuple[str, object] = ("error", f"{PROBLEM} the run stopped unexpectedly")
         try:
             with atomic_folder(session.run_folder, force=True) as partial:
                 report = run_merge(config, out_dir=partial, save=save, device=device, dtype=dtype, token=token,
@@ -261,11 +262,11 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
         except Cancelled:
             outcome = ("error", "Cancelled: nothing was written; the previous results are kept.")
         except InputError as err:
-            outcome = ("error", f"❌ {err}")
+            outcome = ("error", f"{PROBLEM} {err}")
         except MergeError as err:
-            outcome = ("error", f"❌ merge failed: {err}")
+            outcome = ("error", f"{PROBLEM} merge failed: {err}")
         except Exception as err:  # a bug or the environment: say what, keep the app up
-            outcome = ("error", f"❌ unexpected {err.__class__.__name__}: {err}")
+            outcome = ("error", f"{PROBLEM} unexpected {err.__class__.__name__}: {err}")
         finally:  # the session is free (and a closed one's files gone) before the page hears the outcome
             session.running = False
             session.remove_if_closed()
