@@ -3,6 +3,10 @@
     python benchmarks/study.py [--config assets/demo/demo.yaml] [--seeds 0,1,2] [--samples 16,64,256]
                                [--out out/study] [--parts grid,options,heldout]
 
+The same study runs on the language-model demo (`--config examples/smollm2-domains.yaml --parts grid`): its
+scores are perplexities, summarised by their geometric mean over the domains (lower is better), where the
+classifiers' accuracies are averaged and shown in percent.
+
 One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, DARE drop 0.5,
 SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
 are fixed; training them again per seed is left to a GPU). Parts:
@@ -28,7 +32,7 @@ from commerge_ui.api import run_merge
 from commerge_ui.config import MergeConfig, load_config
 from commerge_ui.demo import DEMO_CONFIG, ensure_demo
 from commerge_ui.heldout import heldout_shift
-from commerge_ui.report import last_shift
+from commerge_ui.report import in_percent, last_shift
 
 REGRESSION = ["com", "regmean", "regmean_plusplus"]
 DATA_FREE = ["task_arithmetic", "ties", "dare", "dare_ties", "tsv_m", "iso_c", "iso_cts", "average"]
@@ -53,6 +57,14 @@ def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: i
     path.write_text(json.dumps(data))
     print(f"  {key}: {time.perf_counter() - began:.0f}s", flush=True)
     return data
+
+
+def summary(report: dict, scores: dict[str, float]) -> float:
+    """One number for a model's per-task scores: mean accuracy, or the geometric mean of the perplexities."""
+    values = list(scores.values())
+    if in_percent(report):
+        return statistics.mean(values)
+    return statistics.geometric_mean(values)
 
 
 def pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -87,39 +99,47 @@ def main() -> None:
         free = run(config, args.out, f"free-{counts[0]}", DATA_FREE, counts[0], seeds[0])
         grid[(counts[0], seeds[0])]["methods"].update(free["methods"])
         first = grid[(counts[0], seeds[0])]
-        experts = [first["experts"][t]["score"] for t in tasks]
-        base = [first["base"]["scores"][t] for t in tasks]
-        print(f"\n## Average accuracy (%) over {len(tasks)} tasks, and last-group shift; mean ± std over seeds "
-              f"{args.seeds}\n")
-        print(f"experts {100 * statistics.mean(experts):.1f}, base with each expert's head "
-              f"{100 * statistics.mean(base):.1f}\n")
-        print("| method | " + " | ".join(f"accuracy ({n})" for n in counts) + " | "
-              + " | ".join(f"shift ({n})" for n in counts) + " |")
+        percent = in_percent(first)
+        scale, digits = (100, 1) if percent else (1, 1)
+        label = "Average accuracy (%)" if percent else "Perplexity (geometric mean, lower is better)"
+        experts = {t: first["experts"][t]["score"] for t in tasks}
+        base = {t: first["base"]["scores"][t] for t in tasks}
+
+        def overall(n: int, s: int, m: str) -> float:
+            return summary(first, grid[(n, s)]["methods"][m]["scores"])
+
+        print(f"\n## {label} over {len(tasks)} tasks, and last-group shift; mean ± std over seeds {args.seeds}\n")
+        print(f"experts {scale * summary(first, experts):.1f}, base"
+              + (" with each expert's head" if percent else "") + f" {scale * summary(first, base):.1f}\n")
+        print("| method | " + " | ".join(f"{'accuracy' if percent else 'perplexity'} ({n})" for n in counts)
+              + " | " + " | ".join(f"shift ({n})" for n in counts) + " |")
         print("|---|" + "---|" * (2 * len(counts)))
         for m in REGRESSION + DATA_FREE:
-            accuracy, shift = [], []
+            score, shift = [], []
             for n in counts:
-                runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
-                accuracy.append(pm([r["average_score"] for r in runs], 100) if runs else f"as at {counts[0]}")
-                shift.append(pm([last_shift(r) for r in runs], 1, 3) if runs else "")
-            print(f"| {m} | " + " | ".join(accuracy + shift) + " |")
+                ran = [s for s in seeds if m in grid[(n, s)]["methods"]]
+                score.append(pm([overall(n, s, m) for s in ran], scale, digits) if ran else f"as at {counts[0]}")
+                shift.append(pm([last_shift(grid[(n, s)]["methods"][m]) for s in ran], 1, 3) if ran else "")
+            print(f"| {m} | " + " | ".join(score + shift) + " |")
+        unit = "points" if percent else "perplexity"
         for rival in REGRESSION[1:]:
             per_count = []
             for n in counts:
-                diffs = [grid[(n, s)]["methods"]["com"]["average_score"]
-                         - grid[(n, s)]["methods"][rival]["average_score"] for s in seeds]
-                per_count.append(f"{n}: {pm(diffs, 100)} (≥ in {sum(d >= 0 for d in diffs)}/{len(diffs)})")
-            print(f"\nCoM − {rival}, points per seed: " + "; ".join(per_count))
+                diffs = [overall(n, s, "com") - overall(n, s, rival) for s in seeds]
+                better = [d >= 0 if percent else d <= 0 for d in diffs]
+                per_count.append(f"{n}: {pm(diffs, scale)} (CoM as good or better in {sum(better)}/{len(diffs)})")
+            print(f"\nCoM − {rival}, {unit} per seed: " + "; ".join(per_count))
         for n in counts:
-            print(f"\n## Per task at {n} samples (accuracy %, mean over seeds)\n")
+            print(f"\n## Per task at {n} samples ({'accuracy %' if percent else 'perplexity'}, mean over seeds)\n")
             print("| | " + " | ".join(tasks) + " | merge s |")
             print("|---|" + "---|" * (len(tasks) + 1))
-            print("| base + expert head | " + " | ".join(f"{100 * v:.1f}" for v in base) + " |")
-            print("| expert | " + " | ".join(f"{100 * v:.1f}" for v in experts) + " |")
+            print(("| base + expert head | " if percent else "| base | ")
+                  + " | ".join(f"{scale * v:.1f}" for v in base.values()) + " |")
+            print("| expert | " + " | ".join(f"{scale * v:.1f}" for v in experts.values()) + " |")
             for m in REGRESSION + DATA_FREE:
                 runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
                 if runs:
-                    print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(r['scores'][t] for r in runs):.1f}"
+                    print(f"| {m} | " + " | ".join(f"{scale * statistics.mean(r['scores'][t] for r in runs):.1f}"
                                                    for t in tasks)
                           + f" | {statistics.mean(r['seconds'] for r in runs):.0f} |")
 
