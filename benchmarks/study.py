@@ -100,7 +100,7 @@ def main() -> None:
         grid[(counts[0], seeds[0])]["methods"].update(free["methods"])
         first = grid[(counts[0], seeds[0])]
         percent = in_percent(first)
-        scale, digits = (100, 1) if percent else (1, 1)
+        scale = 100 if percent else 1
         label = "Average accuracy (%)" if percent else "Perplexity (geometric mean, lower is better)"
         experts = {t: first["experts"][t]["score"] for t in tasks}
         base = {t: first["base"]["scores"][t] for t in tasks}
@@ -118,7 +118,7 @@ def main() -> None:
             score, shift = [], []
             for n in counts:
                 ran = [s for s in seeds if m in grid[(n, s)]["methods"]]
-                score.append(pm([overall(n, s, m) for s in ran], scale, digits) if ran else f"as at {counts[0]}")
+                score.append(pm([overall(n, s, m) for s in ran], scale) if ran else f"as at {counts[0]}")
                 shift.append(pm([last_shift(grid[(n, s)]["methods"][m]) for s in ran], 1, 3) if ran else "")
             print(f"| {m} | " + " | ".join(score + shift) + " |")
         unit = "points" if percent else "perplexity"

@@ -125,8 +125,6 @@ class PhaseRow:
         return "done: " + ", ".join(parts) if parts else "done"
 
 
-
-
 @dataclass
 class RunProgress:
     """What the page shows while a run goes: the references' row and a row per method, each with its phase,
@@ -211,7 +209,8 @@ class RunProgress:
             elif row.began is None:
                 info, value, total = ("stopped" if self.error else "waiting"), 0, 1
             elif self.error:
-                info, value, total = f"stopped while {PHASE_RUNNING.get(row.phase, 'starting')}", row.step, max(row.total, 1)
+                info = f"stopped while {PHASE_RUNNING.get(row.phase, 'starting')}"
+                value, total = row.step, max(row.total, 1)
             else:
                 eta = row.eta(now)
                 what = PHASE_RUNNING.get(row.phase, "starting")
