@@ -89,7 +89,7 @@ def timing(config, samples: int, repeats: int) -> None:
     from fusion_bench.method.regmean.regmean import merging_with_regmean_weights
 
     options = config.options.model_copy(update={"calibration_samples": samples, "bias": "average",
-                                                "gram_dtype": "float32"})
+                                                "gram_dtype": "float32", "ridge_floor": 0.0})
     config = config.model_copy(update={"methods": ["regmean"], "options": options})
     encoders = [BertForSequenceClassification.from_pretrained(e.model).bert.eval() for e in config.experts]
     processor = FAMILY.load_processor(Path(config.base))
@@ -128,8 +128,9 @@ def main() -> None:
     if args.timing:
         timing(config, args.samples, args.repeats)
         return
+    # ridge_floor 0: RegMean exactly as FusionBench solves it (our default adds a floor, docs/method.md §5)
     options = config.options.model_copy(update={"calibration_samples": args.samples, "bias": "average",
-                                                "gram_dtype": "float64"})
+                                                "gram_dtype": "float64", "ridge_floor": 0.0})
     methods = ["average", "task_arithmetic", "ties", "regmean", "com"]
     config = config.model_copy(update={"methods": methods, "options": options})
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,6 +50,10 @@ class MergeOptions(BaseModel):
     batch_size: int = Field(32, ge=1, description="samples per forward when evaluating")
     com_regularization: Literal["shrink", "ridge"] = "shrink"
     ridge: float = Field(0.05, ge=0.0, description="ridge toward the averaged weights, × mean diag")
+    ridge_floor: float = Field(1e-4, ge=0.0, description="every activation merge's least ridge toward the "
+                               "averaged weights, × mean diag: an input direction with less calibration energy "
+                               "than this share of an average channel's is not determined by the samples and "
+                               "stays at the average (0: RegMean exactly as published)")
     target: Literal["expert_outputs", "expert_weights"] = "expert_outputs"
     normalize: Literal["tokens", "trace", "none"] = "tokens"
     bias: Literal["regress", "average"] = "regress"

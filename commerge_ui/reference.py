@@ -57,13 +57,14 @@ def without_first_tokens(mask: torch.Tensor, n: int) -> torch.Tensor:
 
 def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], blocks: str, layers: int,
           groups: list[tuple[str, ...]], batches: list[tuple[dict, torch.Tensor]], bias: str,
-          alpha: float = 0.9) -> None:
+          alpha: float = 0.9, floor: float = 1e-4) -> None:
     """`merged` holds the experts' average; its block groups are overwritten one by one, in network order.
 
-    CoM:       W* = (Σ shrink(X̂ᵀX̂)/n_i)⁻¹ Σ shrink(X̂ᵀX) W_i / n_i   (X̂ from the partly merged model)
-    RegMean:   W* = (Σ shrink(XᵀX)/n_i)⁻¹ Σ shrink(XᵀX) W_i / n_i
+    CoM:       W* = (Σ shrink(X̂ᵀX̂)/n_i + μI)⁻¹ (Σ shrink(X̂ᵀX) W_i / n_i + μW̄)   (X̂ from the partly merged model)
+    RegMean:   W* = (Σ shrink(XᵀX)/n_i + μI)⁻¹ (Σ shrink(XᵀX) W_i / n_i + μW̄)
     RegMean++: RegMean, with X_i read in expert i's block fed the merged model's input to that block
                (captured for the whole block before any of its groups is written)
+    μ = floor × the mean diagonal of the left-hand sum (the `ridge_floor` option); W̄ the experts' mean.
     """
     def shrink(g):
         return alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
@@ -79,7 +80,7 @@ def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], 
         for index, group in enumerate(groups):
             paths = [f"{blocks}.{layer}.{name}" for name in group]
             regress = bias == "regress" and all(merged.get_submodule(p).bias is not None for p in paths)
-            lhs, rhs = 0, 0
+            lhs, rhs, w_sum = 0, 0, 0
             for k, (expert, (batch, mask)) in enumerate(zip(experts, batches)):
                 x = swapped[k][index] if swapped else _inputs_of(expert, paths[0], batch, mask)
                 x_hat = _inputs_of(merged, paths[0], batch, mask) if method == "com" else x
@@ -88,7 +89,11 @@ def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], 
                 w = torch.cat([_weight(expert.get_submodule(p), regress) for p in paths], dim=1)
                 lhs = lhs + shrink(x_hat.T @ x_hat) / len(x)
                 rhs = rhs + shrink(x_hat.T @ x) @ w / len(x)
-            _write([merged.get_submodule(p) for p in paths], torch.linalg.solve(lhs, rhs), regress)
+                w_sum = w_sum + w
+            mu = floor * torch.diagonal(lhs).mean()
+            eye = torch.eye(len(lhs), dtype=lhs.dtype)
+            solved = torch.linalg.solve(lhs + mu * eye, rhs + mu * w_sum / len(experts))
+            _write([merged.get_submodule(p) for p in paths], solved, regress)
 
 
 def averaged(models: list[torch.nn.Module], into: torch.nn.Module) -> torch.nn.Module:

@@ -168,8 +168,10 @@ def add_terms(total: TaskTerms | None, part: TaskTerms) -> TaskTerms:
 def solve_layer_group(method: GroupMethod, terms: list[TaskTerms], tokens: list[int], weights: list[float],
                       w_mean: torch.Tensor, options: MergeOptions,
                       where: str = "layer") -> tuple[torch.Tensor, str | None]:
-    """Each task's terms (summed over all its tokens) normalised and weighted, then solved."""
+    """Each task's terms (summed over all its tokens) normalised and weighted, then solved, with at least the
+    `ridge_floor` (docs/method.md §5)."""
     _, ridge = method.regularization(options)
+    ridge = max(ridge, options.ridge_floor)
     scaled = [task_scale(t, n, options.normalize, w) for t, n, w in zip(terms, tokens, weights)]
     return solve_group(scaled, w_mean, ridge=ridge, where=where)
 

@@ -25,14 +25,14 @@ ALPHA = 0.9
 
 
 def _merge(root: Path, base: Path, experts: list[Path], calibration: list[Path], method: str, bias: str,
-           sink: int | None = None) -> Path:
+           sink: int | None = None, floor: float = 1e-4) -> Path:
     config = parse_config({
         "base": str(base), "methods": [method],
         "experts": [{"name": f"t{i}", "model": str(e), "calibration": str(c)}
                     for i, (e, c) in enumerate(zip(experts, calibration))],
         "options": {"calibration_samples": 24, "max_length": 16, "alpha": ALPHA, "bias": bias,
-                    "gram_dtype": "float64", "normalize": "tokens", "sink_tokens": sink}})
-    out = root / f"out-{method}-{bias}-{sink}"
+                    "gram_dtype": "float64", "normalize": "tokens", "sink_tokens": sink, "ridge_floor": floor}})
+    out = root / f"out-{method}-{bias}-{sink}-{floor:g}"
     run_merge(config, out_dir=out, save=[method], device="cpu")
     return out / method
 
@@ -94,6 +94,21 @@ def test_bert_merge_equals_the_naive_reference(bert, method, bias):
           _batches(TextClassification(), root / "base", calibration), bias)
     ours = AutoModel.from_pretrained(_merge(root, root / "base", experts, calibration, method, bias))
     assert relative_difference(ours.state_dict(), reference.state_dict(), "encoder.layer") < 1e-5
+
+
+@pytest.mark.parametrize("method", ["com", "regmean"])
+def test_bert_merge_with_a_large_floor_equals_the_naive_reference(bert, method):
+    """The tiny models have no dark channels, so the default floor is below the tolerance here: a floor of 0.5
+    checks its formula (μ = floor × mean diagonal of the summed left-hand side, toward W̄) against the naive one."""
+    root, experts, calibration = bert
+    models = [BertForSequenceClassification.from_pretrained(e).bert.eval() for e in experts]
+    batches = _batches(TextClassification(), root / "base", calibration)
+    reference = averaged(models, AutoModel.from_pretrained(root / "base").eval())
+    naive(method, reference, models, "encoder.layer", 2, BERT_GROUPS, batches, "regress", floor=0.5)
+    ours = AutoModel.from_pretrained(_merge(root, root / "base", experts, calibration, method, "regress", floor=0.5))
+    plain = AutoModel.from_pretrained(_merge(root, root / "base", experts, calibration, method, "regress", floor=0.0))
+    assert relative_difference(ours.state_dict(), reference.state_dict(), "encoder.layer") < 1e-5
+    assert relative_difference(plain.state_dict(), reference.state_dict(), "encoder.layer") > 1e-3
 
 
 @pytest.mark.parametrize("method", ["com", "regmean", "regmean_plusplus"])
