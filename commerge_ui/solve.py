@@ -140,17 +140,16 @@ def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0
                          "activations?); try float32 instead of float16/bfloat16")
     scale = float(torch.diagonal(lhs).mean().clamp_min(1e-12))
     eye = torch.eye(lhs.shape[0], dtype=lhs.dtype, device=lhs.device)
-    warning = None
-    mu = ridge * scale
-    for attempt in range(8):
-        factor, info = torch.linalg.cholesky_ex(lhs + mu * eye)
+    # The asked ridge first; if the system is still singular, growing ones above it, up to the mean diagonal
+    for attempt, share in enumerate([ridge] + [10.0 ** k for k in range(-6, 1) if 10.0 ** k > ridge]):
+        factor, info = torch.linalg.cholesky_ex(lhs + share * scale * eye)
         if int(info) == 0:
             merged = w_mean + torch.cholesky_solve(rhs, factor)
             if torch.isfinite(merged.sum()):
+                warning = None if attempt == 0 else (
+                    f"{where}: singular or ill-conditioned statistics (too few or duplicated samples?); "
+                    f"added a ridge of {share:.0e} × mean diagonal")
                 return merged, warning
-        mu = scale * 10.0 ** (attempt - 6) if attempt < 7 else scale
-        warning = (f"{where}: singular or ill-conditioned statistics (too few or duplicated samples?); "
-                   f"added a ridge of {mu / scale:.0e} × mean diagonal")
     raise MergeError(f"{where}: could not solve the merge even with a ridge; check the calibration samples")
 
 
