@@ -12,6 +12,8 @@ import copy
 
 import torch
 
+from .config import MergeOptions
+
 BERT_GROUPS = [("attention.self.query", "attention.self.key", "attention.self.value"), ("attention.output.dense",),
                ("intermediate.dense",), ("output.dense",)]
 GPT2_GROUPS = [("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)]
@@ -57,7 +59,7 @@ def without_first_tokens(mask: torch.Tensor, n: int) -> torch.Tensor:
 
 def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], blocks: str, layers: int,
           groups: list[tuple[str, ...]], batches: list[tuple[dict, torch.Tensor]], bias: str,
-          alpha: float = 0.9, floor: float = 1e-4) -> None:
+          alpha: float = 0.9, floor: float = MergeOptions().ridge_floor) -> None:
     """`merged` holds the experts' average; its block groups are overwritten one by one, in network order.
 
     CoM:       W* = (Σ shrink(X̂ᵀX̂)/n_i + μI)⁻¹ (Σ shrink(X̂ᵀX) W_i / n_i + μW̄)   (X̂ from the partly merged model)

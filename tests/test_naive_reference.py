@@ -25,14 +25,16 @@ ALPHA = 0.9
 
 
 def _merge(root: Path, base: Path, experts: list[Path], calibration: list[Path], method: str, bias: str,
-           sink: int | None = None, floor: float = 1e-4) -> Path:
+           sink: int | None = None, floor: float | None = None) -> Path:
+    """`floor` None: the config's default `ridge_floor`, which the naive reference also takes by default."""
+    options = {"calibration_samples": 24, "max_length": 16, "alpha": ALPHA, "bias": bias, "gram_dtype": "float64",
+               "normalize": "tokens", "sink_tokens": sink, **({} if floor is None else {"ridge_floor": floor})}
     config = parse_config({
         "base": str(base), "methods": [method],
         "experts": [{"name": f"t{i}", "model": str(e), "calibration": str(c)}
                     for i, (e, c) in enumerate(zip(experts, calibration))],
-        "options": {"calibration_samples": 24, "max_length": 16, "alpha": ALPHA, "bias": bias,
-                    "gram_dtype": "float64", "normalize": "tokens", "sink_tokens": sink, "ridge_floor": floor}})
-    out = root / f"out-{method}-{bias}-{sink}-{floor:g}"
+        "options": options})
+    out = root / f"out-{method}-{bias}-{sink}-{floor}"
     run_merge(config, out_dir=out, save=[method], device="cpu")
     return out / method
 
