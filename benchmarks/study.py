@@ -1,7 +1,7 @@
 """Study (not a test): CoM against RegMean and the data-free merges on the real-text demo, over seeds.
 
     python benchmarks/study.py [--config assets/demo/demo.yaml] [--seeds 0,1,2] [--samples 16,64,256]
-                               [--out out/study] [--parts grid,options,heldout]
+                               [--out out/study] [--parts grid,free,options,heldout] [drift]
 
 The same study runs on the language-model demo (`--config examples/smollm2-domains.yaml --parts grid`): its
 scores are perplexities, summarised by their geometric mean over the domains (lower is better), where the
@@ -10,9 +10,13 @@ classifiers' accuracies are averaged and shown in percent.
 One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, DARE drop 0.5,
 SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
 are fixed; training them again per seed is left to a GPU). Parts:
-- grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++); the data-free
-  methods once, at the first sample count and seed (their weights do not depend on the calibration samples,
-  only their measured shift does);
+- grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++);
+- free (with grid): the data-free methods once, at the first sample count and seed (their weights do not depend
+  on the calibration samples, only their measured shift does); leave it out where their scoring is slow (the
+  LM demo on a CPU: eight more models to score);
+- drift (with grid): each grid merge saved and, besides its calibration shift, its last block's output shift
+  measured on the evaluation samples it is scored on (commerge_ui/heldout.py): does the correction carry over
+  to text the merge never saw? Not in the default parts (it merges every cell again if it ran without it);
 - options: at 64 samples, each seed, one option changed at a time for CoM and RegMean alike (α 0.5, α 1.0,
   normalize none, CoM's target expert_weights, CoM's ridge regularisation);
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on).
@@ -40,6 +44,12 @@ VARIANTS = {"alpha 0.5": {"alpha": 0.5}, "alpha 1.0": {"alpha": 1.0}, "normalize
             "target expert_weights": {"target": "expert_weights"}, "ridge": {"com_regularization": "ridge"}}
 
 
+def at(config: MergeConfig, methods: list[str], samples: int, seed: int, **options) -> MergeConfig:
+    """The config with these methods, calibration samples, seed (and any other options) in place."""
+    updated = config.options.model_copy(update={"calibration_samples": samples, "seed": seed, **options})
+    return config.model_copy(update={"methods": methods, "options": updated})
+
+
 def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: int, seed: int,
         save: list[str] | None = None, **options) -> dict:
     """One merge (cached by key): the report as a dict."""
@@ -47,12 +57,10 @@ def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: i
     if path.is_file():
         return json.loads(path.read_text())
     began = time.perf_counter()
-    updated = config.options.model_copy(update={"calibration_samples": samples, "seed": seed, **options})
     target = out / "models" / key if save else None
     if target is not None:
         shutil.rmtree(target, ignore_errors=True)
-    report = run_merge(config.model_copy(update={"methods": methods, "options": updated}), out_dir=target,
-                       save=save, device="cpu")
+    report = run_merge(at(config, methods, samples, seed, **options), out_dir=target, save=save, device="cpu")
     data = json.loads(report.to_json())
     path.write_text(json.dumps(data))
     print(f"  {key}: {time.perf_counter() - began:.0f}s", flush=True)
@@ -80,7 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--samples", default="16,64,256")
     parser.add_argument("--out", type=Path, default=Path("out/study"))
-    parser.add_argument("--parts", default="grid,options,heldout")
+    parser.add_argument("--parts", default="grid,free,options,heldout")
     args = parser.parse_args()
     if Path(args.config).resolve() == DEMO_CONFIG:
         ensure_demo()
@@ -91,14 +99,27 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = [e.name for e in config.experts]
 
-    grid = {(n, s): run(config, args.out, f"grid-{n}-{s}", REGRESSION, n, s)
-            for n in counts for s in seeds} if "grid" in parts else {}
+    def grid_run(n: int, s: int) -> dict:
+        key = f"grid-{n}-{s}"
+        drift = args.out / f"{key}-drift.json"
+        if "drift" in parts and not drift.is_file():
+            (args.out / f"{key}.json").unlink(missing_ok=True)  # merged again, saved this time
+            run(config, args.out, key, REGRESSION, n, s, save=REGRESSION)
+            models = args.out / "models" / key
+            shift = heldout_shift(at(config, REGRESSION, n, s), {m: models / m for m in REGRESSION})
+            drift.write_text(json.dumps(shift))
+            shutil.rmtree(models, ignore_errors=True)
+        return run(config, args.out, key, REGRESSION, n, s)
+
+    grid = {(n, s): grid_run(n, s) for n in counts for s in seeds} if "grid" in parts else {}
     if grid:
-        # The data-free merges' weights depend on no calibration sample: merged once, at the first count and
-        # seed (only their measured shift would differ at another count).
-        free = run(config, args.out, f"free-{counts[0]}", DATA_FREE, counts[0], seeds[0])
-        grid[(counts[0], seeds[0])]["methods"].update(free["methods"])
+        if "free" in parts:
+            # The data-free merges' weights depend on no calibration sample: merged once, at the first count and
+            # seed (only their measured shift would differ at another count).
+            free = run(config, args.out, f"free-{counts[0]}", DATA_FREE, counts[0], seeds[0])
+            grid[(counts[0], seeds[0])]["methods"].update(free["methods"])
         first = grid[(counts[0], seeds[0])]
+        shown = REGRESSION + (DATA_FREE if "free" in parts else [])
         percent = in_percent(first)
         scale = 100 if percent else 1
         label = "Average accuracy (%)" if percent else "Perplexity (geometric mean, lower is better)"
@@ -114,7 +135,7 @@ def main() -> None:
         print("| method | " + " | ".join(f"{'accuracy' if percent else 'perplexity'} ({n})" for n in counts)
               + " | " + " | ".join(f"shift ({n})" for n in counts) + " |")
         print("|---|" + "---|" * (2 * len(counts)))
-        for m in REGRESSION + DATA_FREE:
+        for m in shown:
             score, shift = [], []
             for n in counts:
                 ran = [s for s in seeds if m in grid[(n, s)]["methods"]]
@@ -136,12 +157,26 @@ def main() -> None:
             print(("| base + expert head | " if percent else "| base | ")
                   + " | ".join(f"{scale * v:.1f}" for v in base.values()) + " |")
             print("| expert | " + " | ".join(f"{scale * v:.1f}" for v in experts.values()) + " |")
-            for m in REGRESSION + DATA_FREE:
+            for m in shown:
                 runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
                 if runs:
                     print(f"| {m} | " + " | ".join(f"{scale * statistics.mean(r['scores'][t] for r in runs):.1f}"
                                                    for t in tasks)
                           + f" | {statistics.mean(r['seconds'] for r in runs):.0f} |")
+
+        if "drift" in parts:
+            print("\n## Last block's output shift, held-out against calibration (mean over tasks, ± std over seeds)\n")
+            print("| method | " + " | ".join(f"held-out ({n}) | calibration ({n})" for n in counts) + " |")
+            print("|---|" + "---|" * (2 * len(counts)))
+            for m in REGRESSION:
+                cells = []
+                for n in counts:
+                    held = [statistics.mean(json.loads((args.out / f"grid-{n}-{s}-drift.json").read_text())[m]
+                                            .values()) for s in seeds]
+                    calib = [statistics.mean(b[-1] for b in grid[(n, s)]["methods"][m]["block_shift"].values())
+                             for s in seeds]
+                    cells += [pm(held, 1, 3), pm(calib, 1, 3)]
+                print(f"| {m} | " + " | ".join(cells) + " |")
 
     if "options" in parts:
         print("\n## One option changed, 64 samples (average accuracy %, last-group shift; mean ± std over seeds)\n")
@@ -166,7 +201,7 @@ def main() -> None:
             cached = args.out / f"{key}-shift.json"
             if not cached.is_file():
                 run(config, args.out, key, saved, 64, s, save=saved)
-                shift = heldout_shift(config, {m: args.out / "models" / key / m for m in saved})
+                shift = heldout_shift(at(config, saved, 64, s), {m: args.out / "models" / key / m for m in saved})
                 cached.write_text(json.dumps(shift))
                 shutil.rmtree(args.out / "models" / key, ignore_errors=True)
             per_seed.append(json.loads(cached.read_text()))
