@@ -35,7 +35,7 @@ DEMOS: dict[str, Demo] = {d.key: d for d in [
     Demo("text", "Text classifiers: all-MiniLM-L6-v2 + 6 experts on real text", DEMO_CONFIG, DEMO_DIR / "models",
          "seconds", is_built, lambda log: ensure_demo(log=log)),
     Demo("lm", "Language model: SmolLM2-135M + 5 experts on real text domains", LM_CONFIG, LM_MODELS,
-         "15–25 min on 2 CPU cores, far less on a GPU", is_lm_built, lambda log: ensure_lm_demo(log=log)),
+         "8–25 min on 2 CPU cores, far less on a GPU", is_lm_built, lambda log: ensure_lm_demo(log=log)),
 ]}
 
 

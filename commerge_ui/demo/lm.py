@@ -17,7 +17,7 @@ never saw the evaluation texts. examples/smollm2-domains.yaml merges them, score
 | dialogue  | English chatbot dialogue lines (ChatterBot)      |
 | language  | chatbot dialogue lines in six other languages    |
 
-Cost: 5 × 50 steps of 4 texts × 48 tokens, about 3 minutes per expert on 2 CPU cores and seconds on a GPU.
+Cost: 5 × 50 steps of 4 texts × 48 tokens, 1–2 min per expert on 2 quiet CPU cores (3–6 shared), seconds on a GPU.
 `blocks` keeps only the first N decoder blocks (a smaller, worse LM: the tests' smoke version).
 """
 
