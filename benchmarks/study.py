@@ -17,8 +17,9 @@ are fixed; training them again per seed is left to a GPU). Parts:
 - drift (with grid): each grid merge saved and, besides its calibration shift, its last block's output shift
   measured on the evaluation samples it is scored on (commerge_ui/heldout.py): does the correction carry over
   to text the merge never saw? Not in the default parts (it merges every cell again if it ran without it);
-- options: at 64 samples, each seed, one option changed at a time for CoM and RegMean alike (α 0.5, α 1.0,
-  normalize none, CoM's target expert_weights, CoM's ridge regularisation);
+- options: at the last sample count (64 for the README's table), each seed, one option changed at a time for CoM
+  and RegMean alike (α 0.5, α 1.0, normalize none, CoM's target expert_weights, CoM's ridge regularisation;
+  --variants picks some);
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on).
 Each run's report is kept as JSON under --out, so an interrupted study resumes where it stopped.
 """
@@ -89,7 +90,13 @@ def main() -> None:
     parser.add_argument("--samples", default="16,64,256")
     parser.add_argument("--out", type=Path, default=Path("out/study"))
     parser.add_argument("--parts", default="grid,free,options,heldout")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="the options part's settings, comma-separated: " + ", ".join(VARIANTS))
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     if Path(args.config).resolve() == DEMO_CONFIG:
         ensure_demo()
     config = load_config(args.config)
@@ -179,19 +186,23 @@ def main() -> None:
                 print(f"| {m} | " + " | ".join(cells) + " |")
 
     if "options" in parts:
-        print("\n## One option changed, 64 samples (average accuracy %, last-group shift; mean ± std over seeds)\n")
-        print("| setting | CoM accuracy | RegMean accuracy | CoM shift | RegMean shift |")
-        print("|---|---|---|---|---|")
+        n = counts[-1]
+        rows = {"defaults": [run(config, args.out, f"grid-{n}-{s}", REGRESSION, n, s) for s in seeds]}
+        percent = in_percent(rows["defaults"][0])
+        scale, what = (100, "accuracy") if percent else (1, "perplexity")
         pair = ["com", "regmean"]
-        rows = {"defaults": [run(config, args.out, f"grid-64-{s}", REGRESSION, 64, s) for s in seeds]}
-        for name, change in VARIANTS.items():
-            rows[name] = [run(config, args.out, f"option-{name.replace(' ', '_')}-{s}", pair, 64, s, **change)
-                          for s in seeds]
+        for name in variants:
+            rows[name] = [run(config, args.out, f"option-{n}-{name.replace(' ', '_')}-{s}", pair, n, s,
+                              **VARIANTS[name]) for s in seeds]
+        print(f"\n## One option changed, {n} samples ({'average accuracy %' if percent else 'geometric-mean perplexity'}"
+              ", last-group shift; mean ± std over seeds)\n")
+        print(f"| setting | CoM {what} | RegMean {what} | CoM shift | RegMean shift |")
+        print("|---|---|---|---|---|")
         for name, reports in rows.items():
-            acc = {m: [r["methods"][m]["average_score"] for r in reports] for m in pair}
+            score = {m: [summary(r, r["methods"][m]["scores"]) for r in reports] for m in pair}
             shift = {m: [last_shift(r["methods"][m]) for r in reports] for m in pair}
-            print(f"| {name} | {pm(acc['com'], 100)} | {pm(acc['regmean'], 100)} | {pm(shift['com'], 1, 3)} | "
-                  f"{pm(shift['regmean'], 1, 3)} |")
+            print(f"| {name} | {pm(score['com'], scale)} | {pm(score['regmean'], scale)} | "
+                  f"{pm(shift['com'], 1, 3)} | {pm(shift['regmean'], 1, 3)} |")
 
     if "heldout" in parts:
         saved = ["com", "regmean", "regmean_plusplus", "average"]
