@@ -130,15 +130,22 @@ def main() -> None:
         percent = in_percent(first)
         scale = 100 if percent else 1
         label = "Average accuracy (%)" if percent else "Perplexity (geometric mean, lower is better)"
-        experts = {t: first["experts"][t]["score"] for t in tasks}
-        base = {t: first["base"]["scores"][t] for t in tasks}
+
+        # A seed draws the evaluation samples too where `evaluation_samples` caps them (the LM demo): the experts
+        # and the base are scored on each seed's draw, so they are shown as the merges are, over the seeds.
+        def experts(n: int, s: int) -> dict[str, float]:
+            return {t: grid[(n, s)]["experts"][t]["score"] for t in tasks}
+
+        def base(n: int, s: int) -> dict[str, float]:
+            return {t: grid[(n, s)]["base"]["scores"][t] for t in tasks}
 
         def overall(n: int, s: int, m: str) -> float:
             return summary(first, grid[(n, s)]["methods"][m]["scores"])
 
         print(f"\n## {label} over {len(tasks)} tasks, and last-group shift; mean ± std over seeds {args.seeds}\n")
-        print(f"experts {scale * summary(first, experts):.1f}, base"
-              + (" with each expert's head" if percent else "") + f" {scale * summary(first, base):.1f}\n")
+        print(f"experts {pm([summary(first, experts(counts[0], s)) for s in seeds], scale)}, base"
+              + (" with each expert's head" if percent else "")
+              + f" {pm([summary(first, base(counts[0], s)) for s in seeds], scale)}\n")
         print("| method | " + " | ".join(f"{'accuracy' if percent else 'perplexity'} ({n})" for n in counts)
               + " | " + " | ".join(f"shift ({n})" for n in counts) + " |")
         print("|---|" + "---|" * (2 * len(counts)))
@@ -162,8 +169,9 @@ def main() -> None:
             print("| | " + " | ".join(tasks) + " | merge s |")
             print("|---|" + "---|" * (len(tasks) + 1))
             print(("| base + expert head | " if percent else "| base | ")
-                  + " | ".join(f"{scale * v:.1f}" for v in base.values()) + " |")
-            print("| expert | " + " | ".join(f"{scale * v:.1f}" for v in experts.values()) + " |")
+                  + " | ".join(f"{scale * statistics.mean(base(n, s)[t] for s in seeds):.1f}" for t in tasks) + " |")
+            print("| expert | " + " | ".join(f"{scale * statistics.mean(experts(n, s)[t] for s in seeds):.1f}"
+                                             for t in tasks) + " |")
             for m in shown:
                 runs = [grid[(n, s)]["methods"][m] for s in seeds if m in grid[(n, s)]["methods"]]
                 if runs:
@@ -194,8 +202,8 @@ def main() -> None:
         for name in variants:
             rows[name] = [run(config, args.out, f"option-{n}-{name.replace(' ', '_')}-{s}", pair, n, s,
                               **VARIANTS[name]) for s in seeds]
-        print(f"\n## One option changed, {n} samples ({'average accuracy %' if percent else 'geometric-mean perplexity'}"
-              ", last-group shift; mean ± std over seeds)\n")
+        unit = "average accuracy %" if percent else "geometric-mean perplexity"
+        print(f"\n## One option changed, {n} samples ({unit}, last-group shift; mean ± std over seeds)\n")
         print(f"| setting | CoM {what} | RegMean {what} | CoM shift | RegMean shift |")
         print("|---|---|---|---|---|")
         for name, reports in rows.items():
