@@ -3,9 +3,9 @@
     python benchmarks/study.py [--config assets/demo/demo.yaml] [--seeds 0,1,2] [--samples 16,64,256]
                                [--out out/study] [--parts grid,free,options,heldout] [drift]
 
-The same study runs on the language-model demo (`--config examples/smollm2-domains.yaml --parts grid`): its
-scores are perplexities, summarised by their geometric mean over the domains (lower is better), where the
-classifiers' accuracies are averaged and shown in percent.
+The same study runs on the language-model demo (`--config examples/smollm2-domains.yaml --samples 32,64
+--parts grid,drift`): its scores are perplexities, summarised by their geometric mean over the domains (lower is
+better), where the classifiers' accuracies are averaged and shown in percent.
 
 One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, DARE drop 0.5,
 SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
