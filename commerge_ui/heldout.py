@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .api import with_family_defaults
 from .config import MergeConfig
 from .engine import statistics_mask
 from .families import detect_family
 from .families.base import EncodedSamples, Family, quiet_loading
 from .samples import read_samples
+from .sources import resolve_model
 
 
 def last_block_output(family: Family, model: nn.Module, encoded: EncodedSamples, batch_size: int = 32) -> torch.Tensor:
@@ -42,14 +44,14 @@ def last_block_output(family: Family, model: nn.Module, encoded: EncodedSamples,
 
 def heldout_shift(config: MergeConfig, merged: dict[str, Path]) -> dict[str, dict[str, float]]:
     """method -> task -> the last block's output shift on the task's evaluation samples."""
-    family = detect_family(Path(config.base), config.family)
-    processor = family.load_processor(Path(config.base))
-    options = config.options
-    sink = family.sink_tokens if options.sink_tokens is None else options.sink_tokens
+    base = resolve_model(config.base)  # a Hub id or a local folder, as the merge reads it
+    family = detect_family(base, config.family)
+    processor = family.load_processor(base)
+    options = with_family_defaults(config, family).options
 
     def load(folder: Path) -> nn.Module:
         with quiet_loading():  # a classifier expert's head is not loaded, on purpose
-            return family.load_backbone(Path(folder), torch.float32, torch.device("cpu"))
+            return family.load_backbone(folder, torch.float32, torch.device("cpu"))
 
     models = {m: load(folder) for m, folder in merged.items()}
     result: dict[str, dict[str, float]] = {m: {} for m in merged}
@@ -58,8 +60,8 @@ def heldout_shift(config: MergeConfig, merged: dict[str, Path]) -> dict[str, dic
             continue
         samples = read_samples(expert.evaluation, options.evaluation_samples, options.seed)
         encoded = family.encode(processor, samples, options.max_length)
-        mask = statistics_mask(encoded.token_mask, sink)
-        exact = last_block_output(family, load(Path(expert.model)), encoded)[mask]
+        mask = statistics_mask(encoded.token_mask, options.sink_tokens)
+        exact = last_block_output(family, load(resolve_model(expert.model, expert.revision)), encoded)[mask]
         for method, model in models.items():
             approx = last_block_output(family, model, encoded)[mask]
             result[method][expert.name] = float(torch.linalg.vector_norm(approx - exact)
