@@ -19,7 +19,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
 from commerge_ui.config import MergeOptions
-from commerge_ui.engine import (EngineTask, ModelSource, Stream, _BlockMerger, _load_block, _rows_of,
+from commerge_ui.engine import (EngineTask, ModelSource, Stream, _BlockMerger, load_block, _rows_of,
                                 initial_streams, merge, run_block)
 from commerge_ui.families import EncodedSamples
 from commerge_ui.families.text_classification import TextClassification
@@ -85,7 +85,7 @@ def naive_com(backbone, base: ModelSource, tasks: list[EngineTask], encoded: Enc
                                   lambda detail: None, encoded.token_mask.device)
             expert_blocks, xs = [], []
             for task, stream, mask in zip(tasks, expert_streams, masks):
-                expert_block = _load_block(block, task.source, path, dtype)
+                expert_block = load_block(block, task.source, path, dtype)
                 out, x = merger.expert_pass(expert_block, stream, mask, groups)
                 stream.hidden = out
                 expert_blocks.append(expert_block)

@@ -18,6 +18,7 @@ from .errors import Cancelled, InputError, MergeError
 from .export import model_card
 from .families import Family, detect_family
 from .families.base import EncodedSamples
+from .heldout import heldout_shift as measure_heldout
 from .methods import METHODS, Method
 from .offload import Placement, check_mode, pick_placement
 from .report import MethodReport, Report, mean, normalized
@@ -102,14 +103,15 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     expert_scores, base_scores = scorer.references(experts, notify)
     warnings.extend(loaded.family.notes)
 
-    calibration, tasks = _encode_calibration(loaded.family, loaded.processor, experts, options.max_length)
+    calibration, tasks = _encode(loaded.family, loaded.processor, experts, options.max_length, "calibration")
     calibration = calibration.to(torch_device)
+    heldout = _heldout_samples(loaded.family, loaded.processor, experts, options, torch_device)
     layers: list[str] = []
     reports: dict[str, MethodReport] = {}
     for name in config.methods:
         say(f"merging with {METHODS[name].title}")
         reports[name], merged_layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
-                                                        calibration, config, torch_device, notify)
+                                                        calibration, heldout, config, torch_device, notify)
         layers = merged_layers or layers  # a data-free merge without its shift has no layers
         if out_dir is not None and name in save:
             say(f"saving {METHODS[name].title}")
@@ -261,9 +263,10 @@ class _Scorer:
 
 def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: list[Expert],
                      expert_scores: dict[str, float | None], tasks: list[EngineTask], calibration: EncodedSamples,
-                     config: MergeConfig, device: torch.device, notify: _Notifier) -> tuple[MethodReport, list[str]]:
-    """One method: merge into the backbone (in place), time it, score every task; returns its report and
-    the layer groups' labels."""
+                     heldout: tuple[EncodedSamples, list[EngineTask]] | None, config: MergeConfig,
+                     device: torch.device, notify: _Notifier) -> tuple[MethodReport, list[str]]:
+    """One method: merge into the backbone (in place), time it, score every task and measure the shift on the
+    evaluation samples (`heldout`, where asked); returns its report and the layer groups' labels."""
     family = loaded.family
     memory = PeakMemory(device)
     notify(ProgressEvent(method.name, 0, 0, "", "merge"))  # started; the engine knows the total after block 0
@@ -277,21 +280,49 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
         notify(ProgressEvent(method.name, done, len(scored), e.name, "score"))
         scores[e.name] = scorer.score(e, with_backbone=True)
     notify(ProgressEvent(method.name, len(scored), len(scored), "", "score"))
+    score_seconds = time.perf_counter() - began - seconds
+    heldout_shift: dict[str, list[float]] = {}
+    if heldout is not None and (method.regression or config.options.data_free_shift):
+        # (a data-free merge run without forwards has no shift, on either set of samples)
+        blocks = len(family.blocks(loaded.backbone)[1])
+        notify(ProgressEvent(method.name, 0, blocks, "", "shift"))
+
+        def on_block(done: int, total: int) -> None:
+            notify(ProgressEvent(method.name, done, total, f"block {done - 1}", "shift"))
+
+        encoded, eval_tasks = heldout
+        heldout_shift = measure_heldout(family, loaded.backbone, eval_tasks, encoded, config.options.sink_tokens or 0,
+                                        loaded.placement, on_block)
     norm = {t: normalized(s, expert_scores[t], family.higher_is_better) for t, s in scores.items()}
     report = MethodReport(scores, norm, mean(list(scores.values())), mean(list(norm.values())), trace.shift,
                           trace.block_shift, round(seconds, 3), memory.result(), trace.warnings, trace.merge_batch,
-                          round(time.perf_counter() - began - seconds, 3))
+                          round(score_seconds, 3), heldout_shift,
+                          round(time.perf_counter() - began - seconds - score_seconds, 3) if heldout_shift else None)
     return report, trace.layers
 
 
-def _encode_calibration(family: Family, processor, experts: list[Expert], max_length: int):
-    """All tasks' calibration samples in one padded batch; each task gets its own row range."""
+def _encode(family: Family, processor, experts: list[Expert], max_length: int,
+            which: str) -> tuple[EncodedSamples, list[EngineTask]]:
+    """Every expert's `which` samples ("calibration" or "evaluation") in one padded batch; each task gets its own
+    row range."""
     samples, tasks, start = [], [], 0
     for e in experts:
-        tasks.append(EngineTask(e.name, e.source, slice(start, start + len(e.calibration)), e.weight))
-        samples.extend(e.calibration)
-        start += len(e.calibration)
+        mine = getattr(e, which)
+        tasks.append(EngineTask(e.name, e.source, slice(start, start + len(mine)), e.weight))
+        samples.extend(mine)
+        start += len(mine)
     return family.encode(processor, samples, max_length), tasks
+
+
+def _heldout_samples(family: Family, processor, experts: list[Expert], options: MergeOptions,
+                     device: torch.device) -> tuple[EncodedSamples, list[EngineTask]] | None:
+    """The evaluation samples of the tasks that have them, encoded as the calibration samples are (at
+    max_length), for the held-out shift; None where it is not asked or no task has them."""
+    evaluated = [e for e in experts if e.evaluation is not None]
+    if not options.heldout_shift or not evaluated:
+        return None
+    encoded, tasks = _encode(family, processor, evaluated, options.max_length, "evaluation")
+    return encoded.to(device), tasks
 
 
 def _save_model(family: Family, backbone: torch.nn.Module, processor, config: MergeConfig,

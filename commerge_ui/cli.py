@@ -14,7 +14,7 @@ from .demo import unbuilt_demos
 from .engine import PHASE_RUNNING, ProgressEvent
 from .errors import Cancelled, InputError, MergeError
 from .export import atomic_folder
-from .report import in_percent, last_shift, verdict
+from .report import in_percent, last_heldout, last_shift, verdict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +50,13 @@ class ProgressPrinter:
         self.began = time.perf_counter()
         self.bar = None
         self.merge_seconds: dict[str, float] = {}
+        self.pending: tuple[str, str] | None = None  # (method, its line): printed once its held-out shift is in
 
     def __call__(self, event: ProgressEvent) -> None:
         key = (event.method, event.phase)
         if key != self.key:
+            if self.pending and key != (self.pending[0], "shift"):
+                self.flush()
             self._close()
             self.key, self.began = key, time.perf_counter()
             if self.live and not self.quiet:
@@ -81,7 +84,10 @@ class ProgressPrinter:
         elif event.phase == "score":
             merged = self.merge_seconds.get(event.method, 0.0)
             scored = f", scored {event.total} tasks in {seconds:.1f}s" if event.total else ""
-            self._print(f"{event.method}: merged in {merged:.1f}s{scored}")
+            self.pending = (event.method, f"{event.method}: merged in {merged:.1f}s{scored}")
+        elif event.phase == "shift" and self.pending:
+            self.pending = (self.pending[0], f"{self.pending[1]}, held-out shift in {seconds:.1f}s")
+            self.flush()
         elif event.phase == "save" and self.verbose:
             self._print(f"{event.method}: saved in {seconds:.1f}s")
 
@@ -97,9 +103,16 @@ class ProgressPrinter:
             self.bar.clear()
         print(message, file=sys.stderr, flush=True)
 
+    def flush(self) -> None:
+        """The last scored method's line, if not printed yet (the run ended, or the next method began)."""
+        if self.pending:
+            self._print(self.pending[1])
+            self.pending = None
+
     def log(self, message: str) -> None:
         """Stages ("resolving", "merging with"): only with --verbose."""
         if self.verbose:
+            self.flush()  # a stage is logged once the method before is done
             self._print(message)
 
     def say(self, message: str) -> None:
@@ -107,7 +120,7 @@ class ProgressPrinter:
         self._print(message)
 
 
-_UNITS = {"references": "model", "merge": "group", "score": "task", "save": "model"}
+_UNITS = {"references": "model", "merge": "group", "score": "task", "shift": "block", "save": "model"}
 
 
 def _describe(event: ProgressEvent) -> str:
@@ -126,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             demo.ensure(printer.say)
         save = [m.strip() for m in args.save.split(",") if m.strip()] if args.save else config.methods[:1]
         with atomic_folder(args.out, force=args.force) as partial:
-            report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,
-                               token=os.environ.get("HF_TOKEN"), progress=printer, log=printer.log,
-                               offload=args.offload)
+            try:
+                report = run_merge(config, out_dir=partial, save=save, device=args.device, dtype=args.dtype,
+                                   token=os.environ.get("HF_TOKEN"), progress=printer, log=printer.log,
+                                   offload=args.offload)
+            finally:
+                printer.flush()
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -163,16 +179,16 @@ def summary(report_json: str) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}" if scale else f"{value:.1f}"
 
     lines = [f"scores ({report.get('metric', 'score')}{', %' if percent else ''}); norm: % of the experts' score; "
-             "shift@last: last layer group, mean over tasks; sec: the merge alone",
+             "shift@last: last layer group, mean over tasks; held-out: the last block's output shift on the "
+             "evaluation samples; sec: the merge alone",
              f"{'method':<16}" + "".join(f"{t[:12]:>13}" for t in tasks) + f"{'avg':>9}{'norm':>8}{'shift@last':>12}"
-             f"{'sec':>8}"]
+             f"{'held-out':>10}{'sec':>8}"]
     lines.append(f"{'expert':<16}" + "".join(f"{fmt(report['experts'][t]['score']):>13}" for t in tasks))
     for name, m in report["methods"].items():
-        shift = last_shift(m)
-        shift = float("nan") if shift is None else shift
+        shift, held = (float("nan") if v is None else v for v in (last_shift(m), last_heldout(m)))
         lines.append(f"{name:<16}" + "".join(f"{fmt(m['scores'][t]):>13}" for t in tasks)
                      + f"{fmt(m['average_score']):>9}{fmt(m['average_normalized'], True):>8}{shift:>12.3f}"
-                       f"{m['seconds']:>8.1f}")
+                       f"{held:>10.3f}{m['seconds']:>8.1f}")
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,9 @@ class MergeOptions(BaseModel):
     merge_memory_gb: float = Field(2.0, gt=0.0, description="budget for the layer inputs captured per block")
     data_free_shift: bool = Field(True, description="measure the data-free methods' shift too (it costs their "
                                   "calibration forwards); off: they merge tensor by tensor, with no shift curve")
+    heldout_shift: bool = Field(True, description="measure every block's output shift on the evaluation samples "
+                                "too (one more expert and merged forward over them per method): a low shift on "
+                                "the calibration samples can be in-sample fit")
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
                                         description="CLIP zero-shot prompts; '{}' is the class name")
 

@@ -48,20 +48,23 @@ class EngineTask:
     weight: float = 1.0
 
 
-PHASES = ("references", "merge", "score", "save")
+PHASES = ("references", "merge", "score", "shift", "save")
 # What a run is doing in each phase, and what it did, as the CLI and the page say it.
-PHASE_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring", "save": "saving"}
-PHASE_DONE = {"references": "scored", "merge": "merged", "score": "scored", "save": "saved"}
+PHASE_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring",
+                 "shift": "measuring the held-out shift", "save": "saving"}
+PHASE_DONE = {"references": "scored", "merge": "merged", "score": "scored", "shift": "held-out shift measured",
+              "save": "saved"}
 
 
 @dataclass
 class ProgressEvent:
     """Where a run is. Phases, in order: "references" (the experts and the base scored, method ""), then per
-    method "merge" (layer groups), "score" (the merged model on each task) and "save". A phase has ended at
-    step == total (for "merge", once total > 0)."""
+    method "merge" (layer groups), "score" (the merged model on each task), "shift" (blocks: the shift on the
+    evaluation samples, where measured) and "save". A phase has ended at step == total (for "merge", once
+    total > 0)."""
 
     method: str
-    step: int  # units of the phase done: layer groups, models or tasks scored
+    step: int  # units of the phase done: layer groups, models or tasks scored, blocks
     total: int  # 0 at a merge's first event: not known until block 0's layer groups are found
     label: str  # the unit just done (merge) or now running (the other phases)
     phase: str = "merge"
@@ -210,7 +213,7 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact).clamp_min(1e-12))
 
 
-def _load_block(template: nn.Module, source: ModelSource, path: str, dtype: torch.dtype) -> nn.Module:
+def load_block(template: nn.Module, source: ModelSource, path: str, dtype: torch.dtype) -> nn.Module:
     """A scratch copy of a block holding one model's weights, read from its files for this block only."""
     block = copy.deepcopy(template)
     with torch.no_grad():
@@ -260,7 +263,7 @@ class _BlockMerger:
         dtype = next(block.parameters()).dtype
         expert_blocks, xs, expert_outs = [], [], []
         for task, stream, mask, buckets in zip(self.tasks, expert_streams, self.masks, self.buckets):
-            expert_block = _load_block(block, task.source, path, dtype)
+            expert_block = load_block(block, task.source, path, dtype)
             xs.append(self.bucket_pass(expert_block, stream, buckets, mask, groups))
             expert_blocks.append(expert_block)
             expert_outs.append(stream.hidden[mask].to(self.stat_dtype))
@@ -283,7 +286,7 @@ class _BlockMerger:
         once all micro-batches are in. Then every stream advances through the finished block, micro-batch by
         micro-batch, and the shifts are measured on the way."""
         dtype = next(block.parameters()).dtype
-        expert_blocks = [_load_block(block, task.source, path, dtype) for task in self.tasks]
+        expert_blocks = [load_block(block, task.source, path, dtype) for task in self.tasks]
         for name, param in block.named_parameters():
             merge_tensor(f"{path}.{name}", [b.get_parameter(name) for b in expert_blocks], param)
         if self.method.regression:
@@ -300,7 +303,7 @@ class _BlockMerger:
         the block output's. A group's X̂ here is the one its solve saw: only earlier groups shape it."""
         for task, mask, expert_block, stream, buckets in zip(self.tasks, self.masks, expert_blocks, expert_streams,
                                                              self.buckets):
-            shifts, block_shift = {g: _ShiftSum() for g in groups}, _ShiftSum()
+            shifts, block_shift = {g: ShiftSum() for g in groups}, ShiftSum()
             offset = task.rows.start
             for bucket in buckets:
                 real = mask[bucket.rows, :bucket.width]
@@ -597,7 +600,7 @@ def statistics_mask(token_mask: torch.Tensor, sink_tokens: int) -> torch.Tensor:
     return token_mask & (token_mask.cumsum(dim=1) > sink_tokens)
 
 
-class _ShiftSum:
+class ShiftSum:
     """‖X̂ − X‖ / ‖X‖ over all micro-batches, from the summed squares: the same figure as one pass gives."""
 
     def __init__(self) -> None:

@@ -1,69 +1,78 @@
-"""Shift off the calibration set: does the correction generalise to text the merge never saw?
+"""Shift off the calibration set: does the correction carry over to samples the merge never saw?
 
-The engine measures the shift on the calibration tokens the merge was fitted on. This measures it on each
-task's evaluation samples (the ones the run scores: `evaluation_samples` drawn with `seed`): the last block's
-output of the merged model against the expert's own, ‖H_merged − H_expert‖_F / ‖H_expert‖_F, over the tokens
-the statistics would use (padding and the `sink_tokens` left out, as in the engine). Any family whose saved
-merge loads with its `load_backbone` (text classifiers' encoders, causal LMs); one saved folder per method.
+The engine measures the shift on the calibration tokens the merge was fitted on, which is where CoM's
+correction is made: a low curve there can be in-sample fit (README, "What the shift does not tell"). This measures
+the same block-output shift on each task's evaluation samples (the ones the run scores): the merged model's
+output of every block against the expert's own, ‖H_merged − H_expert‖_F / ‖H_expert‖_F, over the tokens the
+statistics would use (padding and the `sink_tokens` left out). It runs as the engine does, block by block: an
+expert stream per task (its blocks read from its files one at a time) and the merged stream, so it costs one
+expert forward and one merged forward over the evaluation samples and holds one block at a time, whatever
+the model's size. Any family the engine merges.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .api import with_family_defaults
-from .config import MergeConfig
-from .engine import statistics_mask
-from .families import detect_family
-from .families.base import EncodedSamples, Family, quiet_loading
-from .samples import read_samples
-from .sources import resolve_model
+from .engine import (EngineTask, ShiftSum, Stream, capture_block_inputs, load_block, rows_stream, run_block,
+                     statistics_mask)
+from .families.base import EncodedSamples, Family
+from .offload import Placement, on_device
+
+CHUNK_ROWS = 32  # samples per forward: the streams are held whole, the block's activations for this many
 
 
-def last_block_output(family: Family, model: nn.Module, encoded: EncodedSamples, batch_size: int = 32) -> torch.Tensor:
-    """[rows, tokens, hidden]: the output of the model's last block for every encoded sample."""
-    last = family.blocks(model)[1][-1]
-    captured: list[torch.Tensor] = []
-
-    def keep(_module, _inputs, output) -> None:
-        captured.append((output[0] if isinstance(output, tuple) else output).detach())
-
-    handle = last.register_forward_hook(keep)
-    try:
-        with torch.no_grad():
-            rows = encoded.token_mask.shape[0]
-            for start in range(0, rows, batch_size):
-                family.run_backbone(model, {k: v[start:start + batch_size] for k, v in encoded.inputs.items()})
-    finally:
-        handle.remove()
-    return torch.cat(captured)
-
-
-def heldout_shift(config: MergeConfig, merged: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """method -> task -> the last block's output shift on the task's evaluation samples."""
-    base = resolve_model(config.base)  # a Hub id or a local folder, as the merge reads it
-    family = detect_family(base, config.family)
-    processor = family.load_processor(base)
-    options = with_family_defaults(config, family).options
-
-    def load(folder: Path) -> nn.Module:
-        with quiet_loading():  # a classifier expert's head is not loaded, on purpose
-            return family.load_backbone(folder, torch.float32, torch.device("cpu"))
-
-    models = {m: load(folder) for m, folder in merged.items()}
-    result: dict[str, dict[str, float]] = {m: {} for m in merged}
-    for expert in config.experts:
-        if not expert.evaluation:
-            continue
-        samples = read_samples(expert.evaluation, options.evaluation_samples, options.seed)
-        encoded = family.encode(processor, samples, options.max_length)
-        mask = statistics_mask(encoded.token_mask, options.sink_tokens)
-        exact = last_block_output(family, load(resolve_model(expert.model, expert.revision)), encoded)[mask]
-        for method, model in models.items():
-            approx = last_block_output(family, model, encoded)[mask]
-            result[method][expert.name] = float(torch.linalg.vector_norm(approx - exact)
-                                                / torch.linalg.vector_norm(exact))
+def heldout_shift(family: Family, backbone: nn.Module, tasks: list[EngineTask], encoded: EncodedSamples,
+                  sink_tokens: int, placement: Placement,
+                  on_block: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
+    """task -> the shift of every block's output on its rows of `encoded` (its evaluation samples), for the merged
+    model in `backbone` against each task's expert (`task.source`). `backbone` is left as it was.
+    `on_block(done, total)` is called after each block (progress; it may raise to cancel)."""
+    block_path, blocks = family.blocks(backbone)
+    store = placement.store
+    with torch.no_grad():
+        expert_streams = _expert_streams(family, backbone, tasks, encoded, store)
+        merged = capture_block_inputs(family, backbone, blocks[0], encoded.inputs).to(store)
+        masks = [statistics_mask(encoded.token_mask[t.rows], sink_tokens) for t in tasks]
+        result: dict[str, list[float]] = {t.name: [] for t in tasks}
+        for index, block in enumerate(blocks):
+            with on_device(block, placement):
+                dtype = next(block.parameters()).dtype
+                for task, stream, mask in zip(tasks, expert_streams, masks):
+                    expert_block = load_block(block, task.source, f"{block_path}.{index}", dtype)
+                    shift = ShiftSum()
+                    for start in range(0, len(mask), CHUNK_ROWS):
+                        rows = slice(start, min(start + CHUNK_ROWS, len(mask)))
+                        merged_rows = slice(task.rows.start + rows.start, task.rows.start + rows.stop)
+                        exact = run_block(expert_block, rows_stream(stream, rows).to(placement.device))
+                        approx = run_block(block, rows_stream(merged, merged_rows).to(placement.device))
+                        shift.add(approx[mask[rows]].double(), exact[mask[rows]].double())
+                        stream.hidden[rows] = exact.to(store)
+                        merged.hidden[merged_rows] = approx.to(store)
+                    result[task.name].append(shift.value())
+            if on_block:
+                on_block(index + 1, len(blocks))
     return result
+
+
+def _expert_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask], encoded: EncodedSamples,
+                    store: torch.device) -> list[Stream]:
+    """Each task's block-0 inputs under its expert's own embeddings: the backbone's parameters outside the blocks
+    take the expert's values for the capture and get the merged ones back after."""
+    block_path, blocks = family.blocks(backbone)
+    params = {n: p for n, p in backbone.named_parameters() if not n.startswith(block_path + ".")}
+    kept = {n: p.detach().to(store, copy=True) for n, p in params.items()}
+    streams = []
+    try:
+        for task in tasks:
+            for name, param in params.items():
+                param.copy_(task.source.get(name))
+            rows = {k: v[task.rows] for k, v in encoded.inputs.items()}
+            streams.append(capture_block_inputs(family, backbone, blocks[0], rows).to(store))
+    finally:
+        for name, param in params.items():
+            param.copy_(kept[name])
+    return streams

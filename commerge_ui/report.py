@@ -20,6 +20,9 @@ class MethodReport:
     warnings: list[str] = field(default_factory=list)
     merge_batch: int | None = None  # samples per forward if the statistics were micro-batched; None: one pass
     score_seconds: float | None = None  # scoring the merged model on every task's evaluation samples
+    heldout_shift: dict[str, list[float]] = field(default_factory=dict)  # task -> per block output, on its
+    # evaluation samples (heldout.py); empty when not measured
+    heldout_seconds: float | None = None  # measuring it
 
 
 @dataclass
@@ -68,9 +71,15 @@ def last_shift(method: dict) -> float | None:
     return mean([values[-1] for values in method["shift"].values() if values])
 
 
+def last_heldout(method: dict) -> float | None:
+    """A method's held-out shift at the last block's output, mean over the tasks measured (report.json form)."""
+    return mean([values[-1] for values in method.get("heldout_shift", {}).values() if values])
+
+
 def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
     """One line a reader can take away from a run (the dict form of report.json): the best merge by average
-    score against the experts, CoM's last-layer shift against the other regression merges', and the worst merge.
+    score against the experts, CoM's last-layer shift against the other regression merges' (on the calibration
+    samples, and at the last block's output on the held-out samples where measured), and the worst merge.
     """
     titles = titles or {}
 
@@ -96,9 +105,14 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
     if "com" in last and rivals:
         shifts = " / ".join(f"{name(m)} {last[m]:.3f}" for m in rivals)
         ratio = last[rivals[0]] / last["com"] if last["com"] else float("inf")
-        parts.append(f"last-layer shift: {name('com')} {last['com']:.3f} vs {shifts} "
-                     + (f"({ratio:.1f}× lower than {name(rivals[0])})" if ratio >= 1
-                        else f"({1 / ratio:.1f}× higher than {name(rivals[0])})"))
+        parts.append(f"last-layer shift: {name('com')} {last['com']:.3f} vs {shifts} " + _times(ratio, name(rivals[0])))
+    held = {m: last_heldout(r) for m, r in report["methods"].items()}
+    rivals = [m for m in ("regmean", "regmean_plusplus") if held.get(m) is not None]
+    if held.get("com") is not None and rivals:
+        shifts = " / ".join(f"{name(m)} {held[m]:.3f}" for m in rivals)
+        ratio = held[rivals[0]] / held["com"] if held["com"] else float("inf")
+        parts.append(f"held-out shift (last block): {name('com')} {held['com']:.3f} vs {shifts} "
+                     + _times(ratio, name(rivals[0])))
     worse = min if report["higher_is_better"] else max
     if len(set(averages.values())) > 1 and experts is not None:
         worst = worse(averages, key=averages.__getitem__)
@@ -106,3 +120,8 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
         parts.append(f"worst: {name(worst)} {fmt(averages[worst])}, "
                      + (f"{gap:.1f} points below the experts" if percent else f"{gap:+.1f} perplexity vs the experts"))
     return " · ".join(parts)
+
+
+def _times(ratio: float, rival: str) -> str:
+    """'(2.8× lower than RegMean)' for a ratio rival/CoM of 2.8, '(1.4× higher …)' for 0.71."""
+    return f"({ratio:.1f}× lower than {rival})" if ratio >= 1 else f"({1 / ratio:.1f}× higher than {rival})"

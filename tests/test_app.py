@@ -49,7 +49,8 @@ def run_args(config_path: Path, methods: list[str], samples: int, max_length: in
 
 
 def outputs_by_name(outputs: tuple) -> dict:
-    names = ["progress", "status", "report", "shown", "heat_method", "shift", "heatmap", "scores", "bars", "costs",
+    names = ["progress", "status", "report", "shown", "heat_method", "shift", "heldout", "heatmap", "scores", "bars",
+             "costs",
              "warnings", "export_method", "report_file", "config_file", "compare_runs"]
     return dict(zip(names, outputs))
 
@@ -74,6 +75,8 @@ def test_api_runs_a_merge_and_returns_plots_and_report(tiny_app):
     assert report == out["report"]
     assert last_layer_shift(report["methods"]["com"]) < last_layer_shift(report["methods"]["regmean"])
     assert out["shift"]["type"] == "plotly" and len(json.loads(out["shift"]["plot"])["data"]) == 2
+    assert [t["name"] for t in json.loads(out["heldout"]["plot"])["data"]] == [
+        f"{m} · {kind}" for m in ("Chain of Merges", "RegMean") for kind in ("calibration", "held-out")]
     assert out["scores"]["headers"][0] == "model" and [r[0] for r in out["scores"]["data"]] == [
         "base", "experts", "Chain of Merges", "RegMean"]
     assert "experts:" in Path(out["config_file"]).read_text()

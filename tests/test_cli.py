@@ -29,12 +29,14 @@ REPORT_SCHEMA = {
         "methods": {"type": "object", "additionalProperties": {
             "type": "object",
             "required": ["scores", "normalized", "average_score", "average_normalized", "shift", "seconds",
-                         "peak_memory_bytes"],
+                         "peak_memory_bytes", "heldout_shift"],
             "properties": {
                 "scores": {"type": "object", "additionalProperties": NUMBER_OR_NULL},
                 "normalized": {"type": "object", "additionalProperties": NUMBER_OR_NULL},
                 "average_score": NUMBER_OR_NULL, "average_normalized": NUMBER_OR_NULL,
                 "shift": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}}},
+                "heldout_shift": {"type": "object",
+                                  "additionalProperties": {"type": "array", "items": {"type": "number"}}},
                 "seconds": {"type": "number", "minimum": 0},
                 "peak_memory_bytes": {"type": "integer", "minimum": 0},
             }}},
@@ -97,12 +99,14 @@ def test_task_model_reproduces_the_reported_score(round_trip, tiny):
 
 
 def test_default_output_is_one_line_per_phase_and_the_table(round_trip, tiny):
-    """5 methods, 3 tasks: the references line, a line per method with its merge and scoring times, the table."""
+    """5 methods, 3 tasks: the references line, a line per method with its merge, scoring and held-out shift
+    times, the table."""
     _, done = round_trip
     err = done.stderr.strip().splitlines()
     assert err[0].startswith("scored the experts and the base (6 models) in ")
     assert [line.split(":")[0] for line in err[1:]] == ["com", "regmean", "task_arithmetic", "ties", "average"]
-    assert all(re.fullmatch(r"\w+: merged in \d+\.\ds, scored 3 tasks in \d+\.\ds", line) for line in err[1:])
+    assert all(re.fullmatch(r"\w+: merged in \d+\.\ds, scored 3 tasks in \d+\.\ds, held-out shift in \d+\.\ds", line)
+               for line in err[1:]), err
     assert len(err) + len(done.stdout.strip().splitlines()) <= 20
     table = done.stdout.splitlines()
     expert = json.loads((round_trip[0] / "report.json").read_text())["experts"]["task0"]["score"]

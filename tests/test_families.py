@@ -44,9 +44,11 @@ REGRESSION = [name for name, m in METHODS.items() if m.regression]
 @pytest.mark.parametrize("kind", KINDS)
 def test_identical_experts_give_the_expert_back(tmp_path, kind):
     setup = make(kind, tmp_path, identical=True)
-    run_merge(parse_config(setup.config(methods=REGRESSION)), out_dir=tmp_path / "out", save=REGRESSION)
+    report = run_merge(parse_config(setup.config(methods=REGRESSION)), out_dir=tmp_path / "out", save=REGRESSION)
     expert = SafetensorsWeights(setup.experts["task0"])
     for method in REGRESSION:
+        held = report.methods[method].heldout_shift  # the merged model is the expert on held-out samples too
+        assert list(held) == list(setup.experts) and max(max(v) for v in held.values()) < 1e-4, (method, held)
         merged = SafetensorsWeights(tmp_path / "out" / method)
         source = find_source(expert, merged.names(), "", "expert")
         compared = 0
@@ -93,6 +95,8 @@ def test_report_schema_is_the_same_for_every_family(distinct, tiny, tmp_path):
     assert shape(ours["methods"]) == shape(theirs["methods"])
     assert ours["family"] == {"gpt2": "causal-lm", "llama": "causal-lm", "clip": "image-classification"}[kind]
     assert bert.family == "text-classification"
+    for result in report.methods.values():  # one held-out value per block (4) and task, distinct experts: > 0
+        assert {len(v) for v in result.heldout_shift.values()} == {4} and min(map(min, result.heldout_shift.values())) > 0
 
 
 @pytest.mark.parametrize("distinct", ["gpt2", "llama"], indirect=True)

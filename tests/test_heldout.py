@@ -1,4 +1,5 @@
-"""The shift on held-out samples (commerge_ui/heldout.py), against the same quantity computed by hand."""
+"""The shift on held-out samples (commerge_ui/heldout.py, in every report), against the same quantity computed by
+hand from the saved merge."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from commerge_ui.config import MergeConfig
-from commerge_ui.heldout import heldout_shift
+from commerge_ui.api import run_merge
 from commerge_ui.samples import read_samples
 from tiny_families import make_lm_setup
 
@@ -39,24 +40,45 @@ def by_hand(config: MergeConfig, merged: Path, task: int, sink: int, final_norm:
     return float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact))
 
 
-def test_an_encoders_heldout_shift_is_zero_for_the_expert_and_matches_a_hand_computation(tiny):
-    config = MergeConfig.model_validate(tiny.config())
-    shift = heldout_shift(config, {"first expert": tiny.experts["task0"], "base": tiny.base})
-    assert shift["first expert"]["task0"] == 0.0
-    assert shift["first expert"]["task1"] > 0.01
-    for task, name in enumerate(tiny.experts):
-        assert shift["base"][name] == pytest.approx(by_hand(config, tiny.base, task, sink=0), rel=1e-5)
+def test_an_encoders_heldout_shift_matches_a_hand_computation_at_every_task(tiny, tmp_path):
+    config = MergeConfig.model_validate(tiny.config(methods=["com", "regmean", "average"]))
+    report = run_merge(config, out_dir=tmp_path, save=["com", "average"])
+    blocks = 2
+    for method in ("com", "average"):
+        shift = report.methods[method].heldout_shift
+        assert list(shift) == list(tiny.experts) and all(len(v) == blocks for v in shift.values())
+        for task, name in enumerate(tiny.experts):
+            assert shift[name][-1] == pytest.approx(by_hand(config, tmp_path / method, task, sink=0), rel=1e-5)
+    assert report.methods["regmean"].heldout_seconds is not None
+
+
+def test_one_expert_merged_is_the_expert_so_its_heldout_shift_is_zero(tiny):
+    config = MergeConfig.model_validate(tiny.config(experts=tiny.config()["experts"][:1], methods=["com", "average"]))
+    report = run_merge(config)
+    for method in ("com", "average"):
+        assert max(report.methods[method].heldout_shift["task0"]) < 1e-5
 
 
 def test_a_decoders_heldout_shift_leaves_the_sink_out_and_is_taken_before_the_final_norm(tmp_path):
     setup = make_lm_setup(tmp_path, "llama")
-    data = setup.config()
+    data = setup.config(methods=["com"])
     data["options"].update(evaluation_samples=6, seed=3)
     config = MergeConfig.model_validate(data)  # sink_tokens unset: the causal-LM default, the first token
-    shift = heldout_shift(config, {"base": setup.base})["base"]["task1"]
-    assert shift == pytest.approx(by_hand(config, setup.base, 1, sink=1, final_norm=False), rel=1e-5)
-    assert shift != pytest.approx(by_hand(config, setup.base, 1, sink=0, final_norm=False), rel=1e-3)
-    assert shift != pytest.approx(by_hand(config, setup.base, 1, sink=1, final_norm=True), rel=1e-3)
-    with_sink = MergeConfig.model_validate({**data, "options": {**data["options"], "sink_tokens": 0}})
-    assert heldout_shift(with_sink, {"base": setup.base})["base"]["task1"] == pytest.approx(
-        by_hand(config, setup.base, 1, sink=0, final_norm=False), rel=1e-5)
+    shift = run_merge(config, out_dir=tmp_path / "out", save=["com"]).methods["com"].heldout_shift["task1"][-1]
+    merged = tmp_path / "out" / "com"
+    assert shift == pytest.approx(by_hand(config, merged, 1, sink=1, final_norm=False), rel=1e-5)
+    assert shift != pytest.approx(by_hand(config, merged, 1, sink=0, final_norm=False), rel=1e-3)
+    assert shift != pytest.approx(by_hand(config, merged, 1, sink=1, final_norm=True), rel=1e-3)
+
+
+def test_it_is_measured_only_where_asked_and_where_the_method_runs_forwards(tiny):
+    off = tiny.config(methods=["com"])
+    off["options"]["heldout_shift"] = False
+    report = run_merge(MergeConfig.model_validate(off))
+    assert report.methods["com"].heldout_shift == {} and report.methods["com"].heldout_seconds is None
+    no_forwards = tiny.config(methods=["average"])
+    no_forwards["options"]["data_free_shift"] = False
+    assert run_merge(MergeConfig.model_validate(no_forwards)).methods["average"].heldout_shift == {}
+    unscored = tiny.config(methods=["com"])
+    del unscored["experts"][1]["evaluation"]
+    assert list(run_merge(MergeConfig.model_validate(unscored)).methods["com"].heldout_shift) == ["task0", "task2"]

@@ -191,6 +191,17 @@ def test_result_views_follow_the_toggles(finished):
     views = handlers.result_views(report, ["mean"], "com", normalized=False)
     assert [t.name for t in views.shift.data] == ["Chain of Merges (mean)", "RegMean (mean)", "Average (mean)"]
     assert len(views.shift.data[0].y) == len(report["layers"])
+    assert [t.name for t in views.heldout.data] == [f"{m} · {kind}" for m in ("Chain of Merges", "RegMean", "Average")
+                                                    for kind in ("calibration", "held-out")]
+    held = report["methods"]["regmean"]["heldout_shift"]
+    assert list(views.heldout.data[3].y) == pytest.approx([sum(v[b] for v in held.values()) / len(held)
+                                                           for b in range(len(held["task0"]))])
+    assert views.heldout.data[3].line.dash == "dash"
+    assert list(views.costs["held-out shift, last block"])[1] == pytest.approx(
+        sum(v[-1] for v in held.values()) / len(held), abs=1e-4)
+    unmeasured = {**report, "methods": {m: {**r, "heldout_shift": {}} for m, r in report["methods"].items()}}
+    figure = handlers.result_views(unmeasured, ["mean"], "com", normalized=False).heldout
+    assert not figure.data and "not measured" in figure.layout.annotations[0].text
     views = handlers.result_views(report, ["task1"], "regmean", normalized=True)
     assert [t.name for t in views.shift.data] == ["Chain of Merges · task1", "RegMean · task1", "Average · task1"]
     assert list(views.heatmap.data[0].y) == ["task0", "task1"]
@@ -369,8 +380,9 @@ def test_verdict_by_hand():
                                "the experts")
     lm = {**report, "metric": "perplexity", "higher_is_better": False,
           "experts": {"a": {"score": 20.0}, "b": {"score": 40.0}},
-          "methods": {"com": method(35.0, 0.3), "regmean": method(33.0, 0.15)}}
+          "methods": {"com": {**method(35.0, 0.1), "heldout_shift": {"a": [0.1, 0.2], "b": [0.3, 0.4]}},
+                      "regmean": {**method(33.0, 0.2), "heldout_shift": {"a": [0.1, 0.1], "b": [0.1, 0.1]}}}}
     assert verdict(lm, {"com": "CoM"}) == ("best mean perplexity: regmean 33.0 (experts 30.0) · last-layer shift: "
-                                           "CoM 0.300 vs regmean 0.150 (2.0× higher than regmean) · worst: CoM 35.0, "
-                                           "+5.0 "
-                                           "perplexity vs the experts")
+                                           "CoM 0.100 vs regmean 0.200 (2.0× lower than regmean) · held-out shift "
+                                           "(last block): CoM 0.300 vs regmean 0.100 (3.0× higher than regmean) · "
+                                           "worst: CoM 35.0, +5.0 perplexity vs the experts")

@@ -220,7 +220,7 @@ class _Results:
     heat_method: gr.Radio
     normalized: gr.Radio
     json: gr.JSON
-    views: list  # shift plot, heatmap, scores, bars, costs, warnings: what result_views fills
+    views: list  # shift plot, held-out plot, heatmap, scores, bars, costs, warnings: what result_views fills
 
 
 HOW_TO_READ = """**How to read this.** Each line is one merge. At each layer, the *covariate shift* is how far
@@ -233,6 +233,13 @@ really produces, so its curve should stay lower towards the last layers. A lower
 to the experts on these samples, not by itself a higher score: read it with the scores below."""
 
 
+HELD_OUT = """**Does it carry over?** The curves above are measured on the calibration samples, the very samples
+the regression merges were fitted to: a merge can match the experts there and still drift on other text. Here
+each block's output is compared with the expert's on the calibration samples (solid) and on the evaluation
+samples (dashed), which no merge saw. A dashed line far above its solid one is in-sample fit; on the
+language-model demo CoM's does so (README, "The language-model demo")."""
+
+
 def _results_section() -> _Results:
     gr.Markdown("## Results")
     report = gr.State(None)
@@ -242,6 +249,9 @@ def _results_section() -> _Results:
     with gr.Row():
         shift_plot = gr.Plot(label="Covariate shift per layer", elem_id="shift-plot", scale=3)
         gr.Markdown(HOW_TO_READ, elem_id="how-to-read")
+    with gr.Row():
+        heldout_plot = gr.Plot(label="Shift on held-out samples", elem_id="heldout-plot", scale=3)
+        gr.Markdown(HELD_OUT, elem_id="held-out-note")
     heat_method = gr.Radio([], label="Heatmap of method", value=None)
     heatmap = gr.Plot(label="Shift per task and layer", elem_id="heatmap")
     normalized = gr.Radio([("raw scores", False), ("normalized to each expert", True)], value=False, label="Scores")
@@ -249,12 +259,13 @@ def _results_section() -> _Results:
                           headers=["model", "each task's score", "average"])  # named, not "1 2 3", before a run
     bars = gr.Plot(label="Scores per task", elem_id="bars")
     costs = gr.Dataframe(label="Time and peak memory", elem_id="costs", interactive=False,
-                         headers=["method", "seconds", "peak memory (MiB)", "shift at last layer", "warnings"])
+                         headers=["method", "seconds", "peak memory (MiB)", "shift at last layer",
+                                  "held-out shift, last block", "warnings"])
     warnings = gr.Markdown("")
     with gr.Accordion("report.json", open=False):
         report_json = gr.JSON(label="report")
     return _Results(report, status, shown, heat_method, normalized, report_json,
-                    [shift_plot, heatmap, scores, bars, costs, warnings])
+                    [shift_plot, heldout_plot, heatmap, scores, bars, costs, warnings])
 
 
 @dataclass
@@ -474,7 +485,7 @@ def _config_from_form(values: tuple):
 
 
 def _views_update(views: handlers.ResultViews, outputs: list) -> dict:
-    values = [views.shift, views.heatmap, views.scores, views.bars, views.costs, views.warnings]
+    values = [views.shift, views.heldout, views.heatmap, views.scores, views.bars, views.costs, views.warnings]
     return dict(zip(outputs, values))
 
 

@@ -105,6 +105,7 @@ def build_config(base: str, experts: list[ExpertForm], methods: list[str], alpha
 @dataclass
 class ResultViews:
     shift: object
+    heldout: object
     heatmap: object
     scores: pd.DataFrame
     bars: object
@@ -121,6 +122,7 @@ def result_views(report: dict, shown: list[str], heat_method: str | None, normal
     warnings = [*report["warnings"], *(w for m in report["methods"].values() for w in m["warnings"])]
     return ResultViews(
         shift=plots.shift_figure(report, tasks, show_mean="mean" in shown),
+        heldout=plots.heldout_figure(report),
         heatmap=plots.shift_heatmap(report, heat_method),
         scores=pd.DataFrame(rows, columns=header),
         bars=plots.score_bars(report, normalized),

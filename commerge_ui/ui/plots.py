@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from ..methods import METHODS
-from ..report import in_percent, last_shift
+from ..report import in_percent, last_heldout, last_shift
 from ..report import normalized as normalized_score
 
 COLORS = {"com": "#e4572e", "regmean": "#2e86ab", "task_arithmetic": "#59a14f", "ties": "#b07aa1",
@@ -58,6 +58,34 @@ def shift_figure(report: dict, tasks: list[str] | None = None, show_mean: bool =
     figure.update_layout(title="Covariate shift of each layer's inputs, merged model vs expert", **_LAYOUT)
     figure.update_xaxes(title="layer group, in network order", tickvals=ticks, ticktext=texts, **_GRID)
     figure.update_yaxes(title="‖X̂ − X‖ / ‖X‖", rangemode="tozero", **_GRID)
+    return figure
+
+
+def heldout_figure(report: dict) -> go.Figure:
+    """The shift of each block's output, on the calibration samples (solid) and on the held-out evaluation
+    samples (dashed): one pair of lines per method, the mean over the tasks that have both. A merge that fits
+    its calibration samples but not the task drifts apart here."""
+    figure = go.Figure()
+    for method, result in report["methods"].items():
+        held = result.get("heldout_shift") or {}
+        tasks = [t for t in held if held[t] and result["block_shift"].get(t)]
+        if not tasks:
+            continue
+        color, title = COLORS.get(method, None), title_of(method)
+        for key, kind, dash in (("block_shift", "calibration", "solid"), ("heldout_shift", "held-out", "dash")):
+            blocks = range(len(result[key][tasks[0]]))
+            mean = [sum(result[key][t][b] for t in tasks) / len(tasks) for b in blocks]
+            figure.add_trace(go.Scatter(
+                x=list(blocks), y=mean, name=f"{title} · {kind}", mode="lines+markers", legendgroup=method,
+                line=dict(color=color, width=2.5 if kind == "held-out" else 1.5, dash=dash), marker=dict(size=4),
+                hovertemplate=f"<b>{title}</b> · {kind}<br>block %{{x}} output<br>shift %{{y:.4f}}<extra></extra>"))
+    if not figure.data:
+        figure.add_annotation(text="not measured: no evaluation samples, or heldout_shift is off",
+                              showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    figure.update_layout(title="Shift of each block's output: calibration (solid) vs held-out samples (dashed)",
+                         **_LAYOUT)
+    figure.update_xaxes(title="block", **_GRID)
+    figure.update_yaxes(title="‖Ĥ − H‖ / ‖H‖", rangemode="tozero", **_GRID)
     return figure
 
 
@@ -135,12 +163,14 @@ def score_bars(report: dict, normalized: bool = False) -> go.Figure:
 
 
 def cost_rows(report: dict) -> tuple[list[str], list[list]]:
-    """Wall time and peak memory per method, with the mean shift at the last layer group."""
+    """Wall time and peak memory per method, with the mean shift at the last layer group (calibration samples)
+    and at the last block's output on the held-out samples."""
     rows = []
     for method, result in report["methods"].items():
         rows.append([title_of(method), round(result["seconds"], 2), round(result["peak_memory_bytes"] / 2**20, 1),
-                     _round(last_shift(result)), len(result["warnings"])])
-    return ["method", "seconds", "peak memory (MiB)", "shift at last layer", "warnings"], rows
+                     _round(last_shift(result)), _round(last_heldout(result)), len(result["warnings"])])
+    return ["method", "seconds", "peak memory (MiB)", "shift at last layer", "held-out shift, last block",
+            "warnings"], rows
 
 
 def _round(value: float | None) -> float | None:

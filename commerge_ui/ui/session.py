@@ -148,8 +148,9 @@ class RunProgress:
         row.step, row.total, row.label = event.step, event.total, event.detail or event.label
         if event.ends_phase:
             row.seconds[event.phase] = now - (now if row.phase_began is None else row.phase_began)
-            row.done = event.phase in ("references", "score", "save")  # a method is done once scored (or saved)
-            if row.done and event.phase == "score":
+            # a method is done once scored and its held-out shift measured (or saved); a later phase starts it again
+            row.done = event.phase in ("references", "score", "shift", "save")
+            if row.done and event.phase in ("score", "shift"):
                 row.phase = ""
 
     def on_log(self, message: str) -> None:
@@ -163,6 +164,8 @@ class RunProgress:
             row.done, row.seconds["merge"] = True, result.seconds
             if result.score_seconds is not None:
                 row.seconds["score"] = result.score_seconds
+            if result.heldout_seconds is not None:
+                row.seconds["shift"] = result.heldout_seconds
         self.rows[""].done = True
 
     def overall(self, now: float | None = None) -> tuple[float, float | None]:
@@ -176,7 +179,7 @@ class RunProgress:
         if not finished:
             return fraction, None
         merge = sum(r.seconds.get("merge", 0.0) for r in finished) / len(finished)
-        score = sum(r.seconds.get("score", 0.0) for r in finished) / len(finished)
+        score = sum(r.seconds.get("score", 0.0) + r.seconds.get("shift", 0.0) for r in finished) / len(finished)
         left = 0.0
         for key, row in self.rows.items():
             if row.done:
@@ -228,7 +231,8 @@ class RunProgress:
 def _share(row: PhaseRow) -> float:
     """How much of its row a running phase has done."""
     part = row.step / row.total if row.total else 0.0
-    return {"references": part, "merge": 0.5 * part, "score": 0.5 + 0.5 * part, "save": 1.0}.get(row.phase, 0.0)
+    return {"references": part, "merge": 0.5 * part, "score": 0.5 + 0.3 * part, "shift": 0.8 + 0.2 * part,
+            "save": 1.0}.get(row.phase, 0.0)
 
 
 def _duration(seconds: float) -> str:
