@@ -14,13 +14,14 @@ are fixed; training them again per seed is left to a GPU). Parts:
 - free (with grid): the data-free methods once, at the first sample count and seed (their weights do not depend
   on the calibration samples, only their measured shift does); leave it out where their scoring is slow (the
   LM demo on a CPU: eight more models to score);
-- drift (with grid): each grid merge saved and, besides its calibration shift, its last block's output shift
-  measured on the evaluation samples it is scored on (commerge_ui/heldout.py): does the correction carry over
-  to text the merge never saw? Not in the default parts (it merges every cell again if it ran without it);
+- drift (with grid): besides each grid merge's calibration shift, its last block's output shift on the evaluation
+  samples it is scored on (every report holds it: commerge_ui/heldout.py): does the correction carry over to
+  text the merge never saw? A cell cached before reports held it is merged again;
 - options: at the last sample count (64 for the README's table), each seed, one option changed at a time for CoM
   and RegMean alike (α 0.5, α 1.0, normalize none, CoM's target expert_weights, CoM's ridge regularisation;
   --variants picks some);
-- heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on).
+- heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on),
+  for CoM, RegMean, RegMean++ and averaging.
 Each run's report is kept as JSON under --out, so an interrupted study resumes where it stopped.
 """
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +36,6 @@ from pathlib import Path
 from commerge_ui.api import run_merge
 from commerge_ui.config import MergeConfig, load_config
 from commerge_ui.demo import DEMO_CONFIG, ensure_demo
-from commerge_ui.heldout import heldout_shift
 from commerge_ui.report import in_percent, last_shift
 
 REGRESSION = ["com", "regmean", "regmean_plusplus"]
@@ -51,21 +50,30 @@ def at(config: MergeConfig, methods: list[str], samples: int, seed: int, **optio
     return config.model_copy(update={"methods": methods, "options": updated})
 
 
-def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: int, seed: int,
-        save: list[str] | None = None, **options) -> dict:
+def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: int, seed: int, **options) -> dict:
     """One merge (cached by key): the report as a dict."""
     path = out / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     began = time.perf_counter()
-    target = out / "models" / key if save else None
-    if target is not None:
-        shutil.rmtree(target, ignore_errors=True)
-    report = run_merge(at(config, methods, samples, seed, **options), out_dir=target, save=save, device="cpu")
+    report = run_merge(at(config, methods, samples, seed, **options), device="cpu")
     data = json.loads(report.to_json())
     path.write_text(json.dumps(data))
     print(f"  {key}: {time.perf_counter() - began:.0f}s", flush=True)
     return data
+
+
+def heldout_known(report: dict, cached: Path) -> bool:
+    """Whether a run's held-out shift is at hand: in its report, or measured by an older study from saved models."""
+    return cached.is_file() or all(r.get("heldout_shift") for r in report["methods"].values())
+
+
+def heldout_last(report: dict, cached: Path, method: str) -> float:
+    """A method's held-out shift at the last block's output, mean over tasks: from the report (every run measures
+    it, commerge_ui/heldout.py), or from what an older study measured on the saved models and cached."""
+    if cached.is_file():
+        return statistics.mean(json.loads(cached.read_text())[method].values())
+    return statistics.mean(values[-1] for values in report["methods"][method]["heldout_shift"].values())
 
 
 def summary(report: dict, scores: dict[str, float]) -> float:
@@ -108,15 +116,11 @@ def main() -> None:
 
     def grid_run(n: int, s: int) -> dict:
         key = f"grid-{n}-{s}"
-        drift = args.out / f"{key}-drift.json"
-        if "drift" in parts and not drift.is_file():
-            (args.out / f"{key}.json").unlink(missing_ok=True)  # merged again, saved this time
-            run(config, args.out, key, REGRESSION, n, s, save=REGRESSION)
-            models = args.out / "models" / key
-            shift = heldout_shift(at(config, REGRESSION, n, s), {m: models / m for m in REGRESSION})
-            drift.write_text(json.dumps(shift))
-            shutil.rmtree(models, ignore_errors=True)
-        return run(config, args.out, key, REGRESSION, n, s)
+        report = run(config, args.out, key, REGRESSION, n, s)
+        if "drift" in parts and not heldout_known(report, args.out / f"{key}-drift.json"):
+            (args.out / f"{key}.json").unlink()  # cached before reports carried the held-out shift: merged again
+            report = run(config, args.out, key, REGRESSION, n, s)
+        return report
 
     grid = {(n, s): grid_run(n, s) for n in counts for s in seeds} if "grid" in parts else {}
     if grid:
@@ -186,8 +190,7 @@ def main() -> None:
             for m in REGRESSION:
                 cells = []
                 for n in counts:
-                    held = [statistics.mean(json.loads((args.out / f"grid-{n}-{s}-drift.json").read_text())[m]
-                                            .values()) for s in seeds]
+                    held = [heldout_last(grid[(n, s)], args.out / f"grid-{n}-{s}-drift.json", m) for s in seeds]
                     calib = [statistics.mean(b[-1] for b in grid[(n, s)]["methods"][m]["block_shift"].values())
                              for s in seeds]
                     cells += [pm(held, 1, 3), pm(calib, 1, 3)]
@@ -214,25 +217,14 @@ def main() -> None:
 
     if "heldout" in parts:
         saved = ["com", "regmean", "regmean_plusplus", "average"]
-        per_seed = []
-        for s in seeds:
-            key = f"heldout-{s}"
-            cached = args.out / f"{key}-shift.json"
-            if not cached.is_file():
-                run(config, args.out, key, saved, 64, s, save=saved)
-                shift = heldout_shift(at(config, saved, 64, s), {m: args.out / "models" / key / m for m in saved})
-                cached.write_text(json.dumps(shift))
-                shutil.rmtree(args.out / "models" / key, ignore_errors=True)
-            per_seed.append(json.loads(cached.read_text()))
+        reports = {s: run(config, args.out, f"heldout-{s}", saved, 64, s) for s in seeds}
         print("\n## Shift on the evaluation texts (last block output; mean over tasks, ± std over seeds)\n")
         print("| method | held-out shift | calibration shift (block output) |")
         print("|---|---|---|")
         for m in saved:
-            held = [statistics.mean(p[m].values()) for p in per_seed]
-            calib = [statistics.mean(s[-1] for s in json.loads((args.out / f"heldout-{s_}.json").read_text())
-                                     ["methods"][m]["block_shift"].values()) for s_ in seeds]
+            held = [heldout_last(reports[s], args.out / f"heldout-{s}-shift.json", m) for s in seeds]
+            calib = [statistics.mean(b[-1] for b in reports[s]["methods"][m]["block_shift"].values()) for s in seeds]
             print(f"| {m} | {pm(held, 1, 3)} | {pm(calib, 1, 3)} |")
-
 
 if __name__ == "__main__":
     main()
