@@ -179,8 +179,8 @@ def summary(report_json: str) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}" if scale else f"{value:.1f}"
 
     lines = [f"scores ({report.get('metric', 'score')}{', %' if percent else ''}); norm: % of the experts' score; "
-             "shift@last: last layer group, mean over tasks; held-out: the last block's output shift on the "
-             "evaluation samples; sec: the merge alone",
+             "shift@last: last layer group, mean over tasks; held-out: last block's shift on the evaluation "
+             "samples; sec: the merge alone",
              f"{'method':<16}" + "".join(f"{t[:12]:>13}" for t in tasks) + f"{'avg':>9}{'norm':>8}{'shift@last':>12}"
              f"{'held-out':>10}{'sec':>8}"]
     lines.append(f"{'expert':<16}" + "".join(f"{fmt(report['experts'][t]['score']):>13}" for t in tasks))
