@@ -206,14 +206,19 @@ def main() -> None:
             rows[name] = [run(config, args.out, f"option-{n}-{name.replace(' ', '_')}-{s}", pair, n, s,
                               **VARIANTS[name]) for s in seeds]
         unit = "average accuracy %" if percent else "geometric-mean perplexity"
-        print(f"\n## One option changed, {n} samples ({unit}, last-group shift; mean ± std over seeds)\n")
-        print(f"| setting | CoM {what} | RegMean {what} | CoM shift | RegMean shift |")
-        print("|---|---|---|---|---|")
+        print(f"\n## One option changed, {n} samples ({unit}, last-group shift, held-out shift of the last block; "
+              "mean ± std over seeds)\n")
+        print(f"| setting | CoM {what} | RegMean {what} | CoM shift | RegMean shift | CoM held-out | RegMean held-out |")
+        print("|---|---|---|---|---|---|---|")
         for name, reports in rows.items():
             score = {m: [summary(r, r["methods"][m]["scores"]) for r in reports] for m in pair}
             shift = {m: [last_shift(r["methods"][m]) for r in reports] for m in pair}
+            cached = [args.out / f"grid-{n}-{s}-drift.json" if name == "defaults" else args.out / "-" for s in seeds]
+            held = {m: [heldout_last(r, c, m) if heldout_known(r, c) else float("nan") for r, c in zip(reports, cached)]
+                    for m in pair}
             print(f"| {name} | {pm(score['com'], scale)} | {pm(score['regmean'], scale)} | "
-                  f"{pm(shift['com'], 1, 3)} | {pm(shift['regmean'], 1, 3)} |")
+                  f"{pm(shift['com'], 1, 3)} | {pm(shift['regmean'], 1, 3)} | {pm(held['com'], 1, 3)} | "
+                  f"{pm(held['regmean'], 1, 3)} |")
 
     if "heldout" in parts:
         saved = ["com", "regmean", "regmean_plusplus", "average"]
