@@ -178,6 +178,8 @@ def test_runs_are_kept_and_compared(finished, tiny):
         sum(v[-1] for v in com[labels[1]]["shift"].values()) / len(com[labels[1]]["shift"]))
     assert list(table["run"]) == [labels[0], labels[0], labels[1], labels[1]]
     assert table["shift at last layer"][0] != table["shift at last layer"][2]  # α changed CoM's drift
+    assert table["held-out shift, last block"][2] == pytest.approx(
+        sum(v[-1] for v in com[labels[1]]["heldout_shift"].values()) / len(com[labels[1]]["heldout_shift"]), abs=1e-4)
     with zipfile.ZipFile(archive) as bundle:
         assert sorted(bundle.namelist()) == ["run-1.json", "run-2.json"]
         assert json.loads(bundle.read("run-2.json"))["options"]["alpha"] == 0.5

@@ -205,7 +205,8 @@ def compare_figure(runs: list[tuple[str, dict]]) -> go.Figure:
 
 
 def compare_rows(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list]]:
-    """One row per run and method: average score (% or perplexity), last-layer shift, merge seconds."""
+    """One row per run and method: average score (% or perplexity), last-layer shift, the last block's held-out
+    shift, merge seconds."""
     rows = []
     for label, report in runs:
         percent = in_percent(report)
@@ -213,5 +214,6 @@ def compare_rows(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list]]:
             score = result["average_score"]
             rows.append([label, title_of(method),
                          None if score is None else round(100 * score if percent else score, 1),
-                         _round(last_shift(result)), round(result["seconds"], 1)])
-    return ["run", "method", "average score", "shift at last layer", "merge seconds"], rows
+                         _round(last_shift(result)), _round(last_heldout(result)), round(result["seconds"], 1)])
+    return ["run", "method", "average score", "shift at last layer", "held-out shift, last block",
+            "merge seconds"], rows
