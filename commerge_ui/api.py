@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,7 +104,8 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     expert_scores, base_scores = scorer.references(experts, notify)
     warnings.extend(loaded.family.notes)
 
-    calibration, tasks = _encode(loaded.family, loaded.processor, experts, options.max_length, "calibration")
+    calibration, tasks = _encode(loaded.family, loaded.processor, experts, options.max_length,
+                                 lambda e: e.calibration)
     calibration = calibration.to(torch_device)
     heldout = _heldout_samples(loaded.family, loaded.processor, experts, options, torch_device)
     layers: list[str] = []
@@ -302,12 +304,11 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
 
 
 def _encode(family: Family, processor, experts: list[Expert], max_length: int,
-            which: str) -> tuple[EncodedSamples, list[EngineTask]]:
-    """Every expert's `which` samples ("calibration" or "evaluation") in one padded batch; each task gets its own
-    row range."""
+            samples_of: Callable[[Expert], list[Sample]]) -> tuple[EncodedSamples, list[EngineTask]]:
+    """Every expert's samples (`samples_of`) in one padded batch; each task gets its own row range."""
     samples, tasks, start = [], [], 0
     for e in experts:
-        mine = getattr(e, which)
+        mine = samples_of(e)
         tasks.append(EngineTask(e.name, e.source, slice(start, start + len(mine)), e.weight))
         samples.extend(mine)
         start += len(mine)
@@ -316,12 +317,21 @@ def _encode(family: Family, processor, experts: list[Expert], max_length: int,
 
 def _heldout_samples(family: Family, processor, experts: list[Expert], options: MergeOptions,
                      device: torch.device) -> tuple[EncodedSamples, list[EngineTask]] | None:
-    """The evaluation samples of the tasks that have them, encoded as the calibration samples are (at
-    max_length), for the held-out shift; None where it is not asked or no task has them."""
+    """The evaluation samples of the tasks that have them, at most `heldout_samples` per task (a seeded subset),
+    encoded as the calibration samples are (at max_length), for the held-out shift; None where it is not asked
+    or no task has them."""
     evaluated = [e for e in experts if e.evaluation is not None]
     if not options.heldout_shift or not evaluated:
         return None
-    encoded, tasks = _encode(family, processor, evaluated, options.max_length, "evaluation")
+
+    def subset(e: Expert) -> list[Sample]:
+        assert e.evaluation is not None
+        cap = options.heldout_samples or len(e.evaluation)
+        if len(e.evaluation) <= cap:
+            return e.evaluation
+        return [e.evaluation[i] for i in sorted(random.Random(options.seed).sample(range(len(e.evaluation)), cap))]
+
+    encoded, tasks = _encode(family, processor, evaluated, options.max_length, subset)
     return encoded.to(device), tasks
 
 

@@ -69,6 +69,8 @@ class MergeOptions(BaseModel):
     heldout_shift: bool = Field(True, description="measure every block's output shift on the evaluation samples "
                                 "too (one more expert and merged forward over them per method): a low shift on "
                                 "the calibration samples can be in-sample fit")
+    heldout_samples: int = Field(128, ge=0, description="evaluation samples per task the held-out shift is "
+                                 "measured on (a seeded subset of those scored; 0: all of them)")
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
                                         description="CLIP zero-shot prompts; '{}' is the class name")
 

@@ -7,7 +7,8 @@ output of every block against the expert's own, ‖H_merged − H_expert‖_F / 
 statistics would use (padding and the `sink_tokens` left out). It runs as the engine does, block by block: an
 expert stream per task (its blocks read from its files one at a time) and the merged stream, so it costs one
 expert forward and one merged forward over the evaluation samples and holds one block at a time, whatever
-the model's size. Any family the engine merges.
+the model's size; like the engine's passes, its forwards take samples of similar length cut to their longest,
+so that padding is not run. Any family the engine merges.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .engine import (EngineTask, ShiftSum, Stream, capture_block_inputs, load_block, rows_stream, run_block,
-                     statistics_mask)
+from .engine import (EngineTask, ShiftSum, Stream, by_length, capture_block_inputs, load_block, plan_buckets,
+                     run_block, statistics_mask)
 from .families.base import EncodedSamples, Family
 from .offload import Placement, on_device
 
-CHUNK_ROWS = 32  # samples per forward: the streams are held whole, the block's activations for this many
+CHUNK_ROWS = 32  # samples per forward (of similar length, cut to their longest); the streams are held whole
 
 
 def heldout_shift(family: Family, backbone: nn.Module, tasks: list[EngineTask], encoded: EncodedSamples,
@@ -33,25 +34,26 @@ def heldout_shift(family: Family, backbone: nn.Module, tasks: list[EngineTask], 
     `on_block(done, total)` is called after each block (progress; it may raise to cancel)."""
     block_path, blocks = family.blocks(backbone)
     store = placement.store
+    encoded = by_length(encoded, tasks)  # neighbours of similar length: each forward is cut to its longest
     with torch.no_grad():
         expert_streams = _expert_streams(family, backbone, tasks, encoded, store)
         merged = capture_block_inputs(family, backbone, blocks[0], encoded.inputs).to(store)
+        buckets = [plan_buckets(family, backbone, blocks[0], encoded, t, CHUNK_ROWS, store) for t in tasks]
         masks = [statistics_mask(encoded.token_mask[t.rows], sink_tokens) for t in tasks]
         result: dict[str, list[float]] = {t.name: [] for t in tasks}
         for index, block in enumerate(blocks):
             with on_device(block, placement):
                 dtype = next(block.parameters()).dtype
-                for task, stream, mask in zip(tasks, expert_streams, masks):
+                for task, stream, mask, planned in zip(tasks, expert_streams, masks, buckets):
                     expert_block = load_block(block, task.source, f"{block_path}.{index}", dtype)
                     shift = ShiftSum()
-                    for start in range(0, len(mask), CHUNK_ROWS):
-                        rows = slice(start, min(start + CHUNK_ROWS, len(mask)))
-                        merged_rows = slice(task.rows.start + rows.start, task.rows.start + rows.stop)
-                        exact = run_block(expert_block, rows_stream(stream, rows).to(placement.device))
-                        approx = run_block(block, rows_stream(merged, merged_rows).to(placement.device))
-                        shift.add(approx[mask[rows]].double(), exact[mask[rows]].double())
-                        stream.hidden[rows] = exact.to(store)
-                        merged.hidden[merged_rows] = approx.to(store)
+                    for bucket in planned:
+                        real = mask[bucket.rows, :bucket.width]
+                        exact = run_block(expert_block, bucket.of(stream).to(placement.device))
+                        approx = run_block(block, bucket.of(merged, task.rows.start).to(placement.device))
+                        shift.add(approx[real].double(), exact[real].double())
+                        bucket.write(stream, exact)
+                        bucket.write(merged, approx, task.rows.start)
                     result[task.name].append(shift.value())
             if on_block:
                 on_block(index + 1, len(blocks))

@@ -3,6 +3,7 @@ hand from the saved merge."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,15 @@ from commerge_ui.samples import read_samples
 from tiny_families import make_lm_setup
 
 
-def by_hand(config: MergeConfig, merged: Path, task: int, sink: int, final_norm: bool = True) -> float:
+def by_hand(config: MergeConfig, merged: Path, task: int, sink: int, final_norm: bool = True,
+            cap: int | None = None) -> float:
     """‖H_merged − H_expert‖ / ‖H_expert‖ of the last block's output on the task's evaluation samples, with the
     model's own `last_hidden_state` (a decoder's final norm replaced by the identity, so that it is the last
     block's output) and the first `sink` tokens and the padding left out."""
     spec = config.experts[task]
     texts = [s.text for s in read_samples(spec.evaluation, config.options.evaluation_samples, config.options.seed)]
+    if cap is not None:  # heldout_samples: a seeded subset of the scored samples
+        texts = [texts[i] for i in sorted(random.Random(config.options.seed).sample(range(len(texts)), cap))]
     tokenizer = AutoTokenizer.from_pretrained(config.base)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -50,6 +54,15 @@ def test_an_encoders_heldout_shift_matches_a_hand_computation_at_every_task(tiny
         for task, name in enumerate(tiny.experts):
             assert shift[name][-1] == pytest.approx(by_hand(config, tmp_path / method, task, sink=0), rel=1e-5)
     assert report.methods["regmean"].heldout_seconds is not None
+
+
+def test_heldout_samples_caps_the_samples_by_a_seeded_subset(tiny, tmp_path):
+    config = MergeConfig.model_validate(tiny.config(methods=["average"]))
+    capped = config.model_copy(update={"options": config.options.model_copy(update={"heldout_samples": 5})})
+    report = run_merge(capped, out_dir=tmp_path, save=["average"])
+    shift = report.methods["average"].heldout_shift["task1"][-1]
+    assert shift == pytest.approx(by_hand(capped, tmp_path / "average", 1, sink=0, cap=5), rel=1e-5)
+    assert shift != pytest.approx(by_hand(capped, tmp_path / "average", 1, sink=0), rel=1e-3)
 
 
 def test_one_expert_merged_is_the_expert_so_its_heldout_shift_is_zero(tiny):
