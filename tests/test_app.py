@@ -231,6 +231,9 @@ def test_demo_in_the_browser(demo_app, browser):
     page.screenshot(path=str(SCREENSHOTS / "demo_results.png"), full_page=True)
     assert page.locator("#shift-plot .scatterlayer .trace").count() == 2  # CoM and RegMean, mean over tasks
     assert "How to read this" in page.inner_text("#how-to-read")
+    assert page.locator("#heldout-plot .scatterlayer .trace").count() == 4  # calibration and held-out, per method
+    assert "held-out shift (last block)" in page.inner_text("#run-status")
+    page.locator("#heldout-plot").screenshot(path=str(SCREENSHOTS / "demo_heldout.png"))
     assert "last-layer shift: Chain of Merges" in page.inner_text("#run-status")
     assert "★ best" in page.inner_text("#scores")
     assert page.locator("#heatmap .heatmaplayer, #heatmap .hm, #heatmap image").count() >= 1
