@@ -1,7 +1,7 @@
 """Shift off the calibration set: does the correction carry over to samples the merge never saw?
 
 The engine measures the shift on the calibration tokens the merge was fitted on, which is where CoM's
-correction is made: a low curve there can be in-sample fit (README, "What the shift does not tell"). This measures
+correction is made: a low curve there can be in-sample fit (docs/method.md §8). This measures
 the same block-output shift on each task's evaluation samples (the ones the run scores): the merged model's
 output of every block against the expert's own, ‖H_merged − H_expert‖_F / ‖H_expert‖_F, over the tokens the
 statistics would use (padding and the `sink_tokens` left out). It runs as the engine does, block by block: an
