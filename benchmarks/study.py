@@ -19,7 +19,7 @@ are fixed; training them again per seed is left to a GPU). Parts:
   text the merge never saw? A cell cached before reports held it is merged again;
 - options: at the last sample count (64 for the README's table), each seed, one option changed at a time for CoM
   and RegMean alike (α 0.5, α 1.0, normalize none, CoM's target expert_weights, CoM's ridge regularisation;
-  --variants picks some);
+  --variants picks some). An option only CoM reads is run for CoM alone; RegMean's row is then its defaults run;
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on),
   for CoM, RegMean, RegMean++ and averaging.
 Each run's report is kept as JSON under --out, so an interrupted study resumes where it stopped.
@@ -42,6 +42,8 @@ REGRESSION = ["com", "regmean", "regmean_plusplus"]
 DATA_FREE = ["task_arithmetic", "ties", "dare", "dare_ties", "tsv_m", "iso_c", "iso_cts", "average"]
 VARIANTS = {"alpha 0.5": {"alpha": 0.5}, "alpha 1.0": {"alpha": 1.0}, "normalize none": {"normalize": "none"},
             "target expert_weights": {"target": "expert_weights"}, "ridge": {"com_regularization": "ridge"}}
+# Options that only CoM reads: RegMean's merge under them is the defaults' merge, so it is not run again.
+COM_ONLY = {"target expert_weights", "ridge"}
 
 
 def at(config: MergeConfig, methods: list[str], samples: int, seed: int, **options) -> MergeConfig:
@@ -203,8 +205,14 @@ def main() -> None:
         scale, what = (100, "accuracy") if percent else (1, "perplexity")
         pair = ["com", "regmean"]
         for name in variants:
-            rows[name] = [run(config, args.out, f"option-{n}-{name.replace(' ', '_')}-{s}", pair, n, s,
-                              **VARIANTS[name]) for s in seeds]
+            changed = ["com"] if name in COM_ONLY else pair
+            rows[name] = []
+            for s, defaults in zip(seeds, rows["defaults"]):
+                report = run(config, args.out, f"option-{n}-{name.replace(' ', '_')}-{s}", changed, n, s,
+                             **VARIANTS[name])
+                for m in pair:  # a method the option does not change: its merge under the defaults
+                    report["methods"].setdefault(m, defaults["methods"][m])
+                rows[name].append(report)
         unit = "average accuracy %" if percent else "geometric-mean perplexity"
         print(f"\n## One option changed, {n} samples ({unit}, last-group shift, held-out shift of the last block; "
               "mean ± std over seeds)\n")
