@@ -98,3 +98,18 @@ def test_smoke_merge_of_the_real_model(smoke):
     # last-group shift CoM 0.020, RegMean 0.033, averaging 0.064.
     assert log_ppl("com") < log_ppl("average") and log_ppl("regmean") < log_ppl("average")
     assert last_shift("com") < last_shift("regmean") < last_shift("average")
+
+
+@pytest.mark.slow
+def test_another_training_seed_builds_other_experts_in_its_own_folder(tmp_path):
+    from commerge_ui.demo.lm import main
+
+    for seed in (0, 1):
+        main(["--seed", str(seed), "--steps", "2", "--blocks", "1", "--device", "cpu",
+              "--out", str(tmp_path / str(seed))])
+    assert json.loads((tmp_path / "1" / "stamp.json").read_text())["recipe"]["seed"] == 1
+    assert is_lm_built(tmp_path / "1", {**RECIPE, "steps": 2, "seed": 1}, blocks=1)
+    key = "model.layers.0.mlp.down_proj.weight"
+    for name in DOMAINS:
+        zero, one = (load_file(str(tmp_path / s / name / "model.safetensors"))[key] for s in ("0", "1"))
+        assert not (zero == one).all(), name  # other batches drawn: another expert

@@ -1,6 +1,6 @@
 """The language-model demo: SmolLM2-135M-Instruct and five experts fine-tuned from it on real text domains.
 
-    python -m commerge_ui.demo lm [--steps 50] [--device auto] [--blocks N]
+    python -m commerge_ui.demo lm [--steps 50] [--seed 0] [--device auto] [--blocks N] [--out DIR]
 
 Built on request, never at start (the app's demo chooser, or the command above): SmolLM2 is converted once
 (smollm2.py), then each expert is a full fine-tune of every decoder weight (the tied embedding / LM-head table
@@ -83,7 +83,8 @@ def build_lm_demo(root: Path = LM_MODELS, recipe: dict = RECIPE, blocks: int | N
             log(f"LM demo: expert '{name}' already built")
             continue
         texts = [s.text for s in load_split(TASKS[name], log).train]
-        model = fine_tune_lm(base, texts, recipe["seed"] + k, recipe, device,
+        # Seeds that no other build seed shares (seed 0 gives 0..4, seed 1 gives 5..9, ...)
+        model = fine_tune_lm(base, texts, recipe["seed"] * len(DOMAINS) + k, recipe, device,
                              lambda step, loss: log(f"LM demo: fine-tuning expert {k + 1}/{len(DOMAINS)} '{name}' "
                                                     f"on {device}: step {step}/{recipe['steps']}, loss {loss:.2f}, "
                                                     f"{time.perf_counter() - began:.0f}s"))
@@ -174,10 +175,12 @@ def fine_tune_lm(base: Path, texts: list[str], seed: int, recipe: dict = RECIPE,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m commerge_ui.demo lm", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=RECIPE["steps"])
+    parser.add_argument("--seed", type=int, default=RECIPE["seed"],
+                        help="the experts' training seed (batch draws and order); a study's experts per seed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--blocks", type=int, default=None, help="keep only the first N decoder blocks")
     parser.add_argument("--out", type=Path, default=LM_MODELS)
     args = parser.parse_args(argv)
-    ensure_lm_demo(args.out, {**RECIPE, "steps": args.steps}, args.blocks, args.device)
+    ensure_lm_demo(args.out, {**RECIPE, "steps": args.steps, "seed": args.seed}, args.blocks, args.device)
     if args.out == LM_MODELS and args.blocks is None:
         print(f"merge them: commerge merge {LM_CONFIG}")
