@@ -9,7 +9,8 @@ better), where the classifiers' accuracies are averaged and shown in percent.
 
 One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIES density 0.2, DARE drop 0.5,
 SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
-are fixed; training them again per seed is left to a GPU). Parts:
+are fixed; for the LM demo, `python -m commerge_ui.demo lm --seed S --out DIR` trains another set, and a copy of
+its config pointing at DIR runs the study on them). Parts:
 - grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++);
 - free (with grid): the data-free methods once, at the first sample count and seed (their weights do not depend
   on the calibration samples, only their measured shift does); leave it out where their scoring is slow (the

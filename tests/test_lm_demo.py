@@ -113,3 +113,15 @@ def test_another_training_seed_builds_other_experts_in_its_own_folder(tmp_path):
     for name in DOMAINS:
         zero, one = (load_file(str(tmp_path / s / name / "model.safetensors"))[key] for s in ("0", "1"))
         assert not (zero == one).all(), name  # other batches drawn: another expert
+
+
+def test_another_training_seed_is_refused_into_the_example_configs_folder(capsys, monkeypatch):
+    from commerge_ui.demo import lm
+
+    builds: list[tuple] = []
+    monkeypatch.setattr(lm, "ensure_lm_demo", lambda *args: builds.append(args))  # never touch the real folder
+    with pytest.raises(SystemExit) as exit_:
+        lm.main(["--seed", "1"])
+    assert exit_.value.code == 2 and "--seed 1 needs --out DIR" in capsys.readouterr().err and builds == []
+    lm.main(["--seed", "0"])  # the example config's own recipe is still built there
+    assert builds and builds[0][0] == LM_MODELS and builds[0][1] == RECIPE

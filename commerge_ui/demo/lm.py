@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", type=int, default=None, help="keep only the first N decoder blocks")
     parser.add_argument("--out", type=Path, default=LM_MODELS)
     args = parser.parse_args(argv)
+    if args.seed != RECIPE["seed"] and args.out == LM_MODELS:
+        # A build with another recipe replaces the folder's experts: keep the example config's own
+        parser.error(f"--seed {args.seed} needs --out DIR: {LM_MODELS} holds the example config's experts (seed 0)")
     ensure_lm_demo(args.out, {**RECIPE, "steps": args.steps, "seed": args.seed}, args.blocks, args.device)
     if args.out == LM_MODELS and args.blocks is None:
         print(f"merge them: commerge merge {LM_CONFIG}")
