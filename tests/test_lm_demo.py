@@ -115,13 +115,24 @@ def test_another_training_seed_builds_other_experts_in_its_own_folder(tmp_path):
         assert not (zero == one).all(), name  # other batches drawn: another expert
 
 
-def test_another_training_seed_is_refused_into_the_example_configs_folder(capsys, monkeypatch):
+@pytest.mark.parametrize("argv, named", [(["--seed", "1"], "--seed 1"), (["--steps", "5"], "--steps 5"),
+                                         (["--blocks", "2"], "--blocks 2"),
+                                         (["--seed", "2", "--out", "assets/demo/lm-models"], "--seed 2")])
+def test_another_recipe_is_refused_into_the_example_configs_folder(argv, named, capsys, monkeypatch):
     from commerge_ui.demo import lm
 
+    monkeypatch.chdir(LM_MODELS.parents[2])  # the repository root: the last case names the folder relatively
     builds: list[tuple] = []
     monkeypatch.setattr(lm, "ensure_lm_demo", lambda *args: builds.append(args))  # never touch the real folder
     with pytest.raises(SystemExit) as exit_:
-        lm.main(["--seed", "1"])
-    assert exit_.value.code == 2 and "--seed 1 needs --out DIR" in capsys.readouterr().err and builds == []
-    lm.main(["--seed", "0"])  # the example config's own recipe is still built there
-    assert builds and builds[0][0] == LM_MODELS and builds[0][1] == RECIPE
+        lm.main(argv)
+    assert exit_.value.code == 2 and f"{named} needs --out DIR" in capsys.readouterr().err and builds == []
+
+
+def test_the_example_configs_own_recipe_is_built_in_its_folder(monkeypatch):
+    from commerge_ui.demo import lm
+
+    builds: list[tuple] = []
+    monkeypatch.setattr(lm, "ensure_lm_demo", lambda *args: builds.append(args))
+    lm.main(["--seed", "0", "--steps", str(RECIPE["steps"])])
+    assert builds and builds[0][0] == LM_MODELS and builds[0][1] == RECIPE and builds[0][2] is None

@@ -181,9 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", type=int, default=None, help="keep only the first N decoder blocks")
     parser.add_argument("--out", type=Path, default=LM_MODELS)
     args = parser.parse_args(argv)
-    if args.seed != RECIPE["seed"] and args.out == LM_MODELS:
+    recipe = {**RECIPE, "steps": args.steps, "seed": args.seed}
+    changed = [f"--{k} {v}" for k, v in (("seed", args.seed), ("steps", args.steps)) if v != RECIPE[k]]
+    changed += [f"--blocks {args.blocks}"] if args.blocks is not None else []
+    if changed and args.out.resolve() == LM_MODELS.resolve():
         # A build with another recipe replaces the folder's experts: keep the example config's own
-        parser.error(f"--seed {args.seed} needs --out DIR: {LM_MODELS} holds the example config's experts (seed 0)")
-    ensure_lm_demo(args.out, {**RECIPE, "steps": args.steps, "seed": args.seed}, args.blocks, args.device)
-    if args.out == LM_MODELS and args.blocks is None:
+        parser.error(f"{' '.join(changed)} needs --out DIR: {LM_MODELS} holds the example config's experts "
+                     f"(seed {RECIPE['seed']}, {RECIPE['steps']} steps, every block)")
+    ensure_lm_demo(args.out, recipe, args.blocks, args.device)
+    if not changed and args.out.resolve() == LM_MODELS.resolve():
         print(f"merge them: commerge merge {LM_CONFIG}")
