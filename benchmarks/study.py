@@ -12,9 +12,10 @@ SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's 
 are fixed; for the LM demo, `python -m commerge_ui.demo lm --seed S --out DIR` trains another set, and a copy of
 its config pointing at DIR runs the study on them). Parts:
 - grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++);
-- free (with grid): the data-free methods once, at the first sample count and seed (their weights do not depend
-  on the calibration samples, only their measured shift does); leave it out where their scoring is slow (the
-  LM demo on a CPU: eight more models to score);
+- free (with grid): the data-free methods at the first sample count (their weights do not depend on the
+  calibration samples, only their measured shift does), at the first seed, or at every seed where a seed also
+  draws the evaluation samples (the LM demo caps them: `evaluation_samples`), so that they are scored on the same
+  draws as the other methods (the LM demo on 2 CPU cores: 14 min a seed for the eight);
 - drift (with grid): besides each grid merge's calibration shift, its last block's output shift on the evaluation
   samples it is scored on (every report holds it: commerge_ui/heldout.py): does the correction carry over to
   text the merge never saw? A cell cached before reports held it is merged again;
@@ -79,6 +80,13 @@ def heldout_last(report: dict, cached: Path, method: str) -> float:
     return statistics.mean(values[-1] for values in report["methods"][method]["heldout_shift"].values())
 
 
+def held_for(report: dict, cached: Path, method: str) -> bool:
+    """Whether this method ran in this report and its held-out shift is at hand (heldout_last can read it)."""
+    if cached.is_file():
+        return method in json.loads(cached.read_text())
+    return bool(report["methods"].get(method, {}).get("heldout_shift"))
+
+
 def summary(report: dict, scores: dict[str, float]) -> float:
     """One number for a model's per-task scores: mean accuracy, or the geometric mean of the perplexities."""
     values = list(scores.values())
@@ -128,10 +136,15 @@ def main() -> None:
     grid = {(n, s): grid_run(n, s) for n in counts for s in seeds} if "grid" in parts else {}
     if grid:
         if "free" in parts:
-            # The data-free merges' weights depend on no calibration sample: merged once, at the first count and
-            # seed (only their measured shift would differ at another count).
-            free = run(config, args.out, f"free-{counts[0]}", DATA_FREE, counts[0], seeds[0])
-            grid[(counts[0], seeds[0])]["methods"].update(free["methods"])
+            # The data-free merges' weights depend on no calibration sample: merged at the first count only (their
+            # measured shift alone would differ at another), and at the first seed only unless a seed also draws
+            # the evaluation samples (`evaluation_samples` caps them: the LM demo), where they are scored on each
+            # seed's draw as the experts and the base are.
+            drawn = seeds if config.options.evaluation_samples else seeds[:1]
+            for s in drawn:
+                key = f"free-{counts[0]}" + (f"-{s}" if s else "")  # seed 0's name as before: its cache holds
+                free = run(config, args.out, key, DATA_FREE, counts[0], s)
+                grid[(counts[0], s)]["methods"].update(free["methods"])
         first = grid[(counts[0], seeds[0])]
         shown = REGRESSION + (DATA_FREE if "free" in parts else [])
         percent = in_percent(first)
@@ -190,13 +203,14 @@ def main() -> None:
             print("\n## Last block's output shift, held-out against calibration (mean over tasks, ± std over seeds)\n")
             print("| method | " + " | ".join(f"held-out ({n}) | calibration ({n})" for n in counts) + " |")
             print("|---|" + "---|" * (2 * len(counts)))
-            for m in REGRESSION:
+            for m in shown:
                 cells = []
                 for n in counts:
-                    held = [heldout_last(grid[(n, s)], args.out / f"grid-{n}-{s}-drift.json", m) for s in seeds]
+                    ran = [s for s in seeds if held_for(grid[(n, s)], args.out / f"grid-{n}-{s}-drift.json", m)]
+                    held = [heldout_last(grid[(n, s)], args.out / f"grid-{n}-{s}-drift.json", m) for s in ran]
                     calib = [statistics.mean(b[-1] for b in grid[(n, s)]["methods"][m]["block_shift"].values())
-                             for s in seeds]
-                    cells += [pm(held, 1, 3), pm(calib, 1, 3)]
+                             for s in ran]
+                    cells += [pm(held, 1, 3), pm(calib, 1, 3)] if ran else ["", ""]
                 print(f"| {m} | " + " | ".join(cells) + " |")
 
     if "options" in parts:
