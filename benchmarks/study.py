@@ -67,11 +67,6 @@ def run(config: MergeConfig, out: Path, key: str, methods: list[str], samples: i
     return data
 
 
-def heldout_known(report: dict, cached: Path) -> bool:
-    """Whether a run's held-out shift is at hand: in its report, or measured by an older study from saved models."""
-    return cached.is_file() or all(r.get("heldout_shift") for r in report["methods"].values())
-
-
 def heldout_last(report: dict, cached: Path, method: str) -> float:
     """A method's held-out shift at the last block's output, mean over tasks: from the report (every run measures
     it, commerge_ui/heldout.py), or from what an older study measured on the saved models and cached."""
@@ -85,6 +80,12 @@ def held_for(report: dict, cached: Path, method: str) -> bool:
     if cached.is_file():
         return method in json.loads(cached.read_text())
     return bool(report["methods"].get(method, {}).get("heldout_shift"))
+
+
+def heldout_known(report: dict, cached: Path) -> bool:
+    """Whether a run's held-out shift is at hand for all its methods: in its report, or measured by an older study
+    from saved models."""
+    return all(held_for(report, cached, m) for m in report["methods"])
 
 
 def summary(report: dict, scores: dict[str, float]) -> float:
