@@ -18,6 +18,7 @@ token left out):
   mean per token (the first weighs where the expert puts its mass; perplexity also pays for the tail);
 - the share of the merged model's extra NLL (over the expert's) that its worst 1 % of tokens carry, and the
   largest extra NLL of one token (nats);
+- the share of the tokens the expert gave under 1 % probability, and the share of the extra NLL they carry;
 - the share of the expert's residual energy, and of the residual error, in its three largest channels.
 """
 
@@ -44,6 +45,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "regmean_plusplus": ("regmean_plusplus", {}),
 }
 BATCH = 16
+RARE = 0.01  # "a token the expert finds unlikely": it gave the token under 1 % probability
 
 
 def merged_folder(config: MergeConfig, name: str, samples: int, seed: int, out: Path) -> Path:
@@ -77,6 +79,7 @@ def measure(expert: list, merged: list, batches: list[dict]) -> dict[str, float]
     tokens = 0
     channel_energy = channel_error = None
     gaps: list[torch.Tensor] = []  # per predicted token: the merged model's NLL minus the expert's
+    expert_logp: list[torch.Tensor] = []  # per predicted token: the expert's log-probability of it
     for (xe, ye, pe), (xm, ym, pm), batch in zip(expert, merged, batches):
         keep = batch["attention_mask"].bool().clone()
         keep[:, 0] = False  # the first token: SmolLM2's attention sink, left out as the statistics leave it out
@@ -98,16 +101,19 @@ def measure(expert: list, merged: list, batches: list[dict]) -> dict[str, float]
         nll -= pm[:, :-1].gather(-1, target.unsqueeze(-1)).squeeze(-1)[predicts].sum().item()
         expert_nll -= pe[:, :-1].gather(-1, target.unsqueeze(-1)).squeeze(-1)[predicts].sum().item()
         gaps.append((pe[:, :-1] - pm[:, :-1]).gather(-1, target.unsqueeze(-1)).squeeze(-1)[predicts])
+        expert_logp.append(pe[:, :-1].gather(-1, target.unsqueeze(-1)).squeeze(-1)[predicts])
         tokens += int(predicts.sum())
     top = channel_energy.topk(3).indices
     gap = torch.cat(gaps)
     worst = gap.topk(max(1, len(gap) // 100)).values  # the 1 % of tokens the merge hurts most
+    rare = torch.cat(expert_logp) < math.log(RARE)  # tokens the expert itself gave under 1 % of its mass
     positions = float(sum(int(b["attention_mask"][:, 1:].sum()) for b in batches))  # the tokens kept above
     return {"perplexity": math.exp(nll / tokens), "expert_perplexity": math.exp(expert_nll / tokens),
             "residual_shift": math.sqrt(err_x / ref_x), "head_shift": math.sqrt(err_y / ref_y),
             "kl": kl / positions, "reverse_kl": reverse / positions, "entropy": entropy / positions,
             "expert_entropy": expert_entropy / positions,
             "worst1pct_share": (worst.sum() / gap.sum()).item(), "worst_gap": worst[0].item(),
+            "rare_tokens": rare.float().mean().item(), "rare_share": (gap[rare].sum() / gap.sum()).item(),
             "top3_energy": (channel_energy[top].sum() / channel_energy.sum()).item(),
             "top3_error": (channel_error[top].sum() / channel_error.sum()).item()}
 
@@ -143,7 +149,8 @@ def main() -> None:
                   flush=True)
     (args.out / f"measures-{args.samples}-{args.seed}.json").write_text(json.dumps(results, indent=1))
     keys = ["perplexity", "expert_perplexity", "residual_shift", "head_shift", "kl", "reverse_kl", "entropy",
-            "expert_entropy", "worst1pct_share", "worst_gap", "top3_energy", "top3_error"]
+            "expert_entropy", "worst1pct_share", "worst_gap", "rare_tokens", "rare_share", "top3_energy",
+            "top3_error"]
     print(f"\n## {args.samples} calibration texts, seed {args.seed}: mean over the domains "
           "(perplexity: geometric mean)\n")
     print("| variant | " + " | ".join(keys) + " |")
