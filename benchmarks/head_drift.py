@@ -6,11 +6,11 @@ distribution.
 
 The study's shift is measured at every block's output, in the residual stream. A language model reads that
 stream through its final norm and LM head, so two merges with the same residual shift can score very differently
-(on the LM demo, CoM with the α-shrink and with a ridge: 0.264 and 0.266 held out at seed 0, perplexity 139.8 and
-279.4). For each variant this merges once (saved under --out; an existing folder is reused), then runs each
-domain's expert and the merged model over that domain's evaluation texts (the ones the run scores: the config's
-`evaluation_samples`, drawn by the seed, cut as the family cuts them for scoring) and reports, over the tokens the statistics use (padding and the first
-token left out):
+(on the LM demo at seed 0, CoM with the α-shrink and with a ridge: 0.309 and 0.311 at the last block's output on
+the held-out texts, perplexity 139.8 and 279.5). For each variant this merges once (saved under --out; an
+existing folder is reused), then runs each domain's expert and the merged model over that domain's evaluation
+texts (the ones the run scores: the config's `evaluation_samples`, drawn by the seed, cut as the family cuts them
+for scoring) and reports, over the tokens the statistics use (padding and the first token left out):
 - perplexity (the merged model's and the expert's, on the next token, as the run scores it);
 - residual shift: ‖H_merged − H_expert‖ / ‖H_expert‖ at the final norm's input (the last block's output);
 - head shift: the same at the final norm's output, which the LM head reads;
