@@ -184,10 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     recipe = {**RECIPE, "steps": args.steps, "seed": args.seed}
     changed = [f"--{k} {v}" for k, v in (("seed", args.seed), ("steps", args.steps)) if v != RECIPE[k]]
     changed += [f"--blocks {args.blocks}"] if args.blocks is not None else []
-    if changed and args.out.resolve() == LM_MODELS.resolve():
+    into_example = args.out.resolve() == LM_MODELS.resolve()
+    if changed and into_example:
         # A build with another recipe replaces the folder's experts: keep the example config's own
         parser.error(f"{' '.join(changed)} needs --out DIR: {LM_MODELS} holds the example config's experts "
                      f"(seed {RECIPE['seed']}, {RECIPE['steps']} steps, every block)")
     ensure_lm_demo(args.out, recipe, args.blocks, args.device)
-    if not changed and args.out.resolve() == LM_MODELS.resolve():
+    if into_example:  # only the example's own recipe gets this far
         print(f"merge them: commerge merge {LM_CONFIG}")
