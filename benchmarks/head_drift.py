@@ -36,6 +36,7 @@ from commerge_ui.api import run_merge
 from commerge_ui.config import MergeConfig, load_config
 from commerge_ui.families.causal_lm import MAX_EVAL_LENGTH
 from commerge_ui.samples import read_samples
+from study import at  # the study's own way to set methods and options (this folder is on sys.path when run)
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "com": ("com", {}),
@@ -53,9 +54,8 @@ def merged_folder(config: MergeConfig, name: str, samples: int, seed: int, out: 
     method, options = VARIANTS[name]
     folder = out / f"{name}-{samples}-{seed}"
     if not (folder / method / "config.json").is_file():
-        update = {"calibration_samples": samples, "seed": seed, "heldout_shift": False, **options}
-        changed = config.model_copy(update={"methods": [method], "options": config.options.model_copy(update=update)})
-        run_merge(changed, out_dir=folder, save=[method], device="cpu")
+        run_merge(at(config, [method], samples, seed, heldout_shift=False, **options), out_dir=folder, save=[method],
+                  device="cpu")
     return folder / method
 
 
