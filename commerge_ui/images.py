@@ -12,10 +12,11 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .archives import ArchiveLimits, checked_members, member_path, read_member
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -88,22 +89,16 @@ def zip_images(path: Path) -> Iterator[list[ImageRef]]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable .zip ({err})") from None
+        raise InputError(f"{path.name}: not a readable .zip ({err.__class__.__name__})") from None
     with archive:
         yield _archive_images(archive, path)
 
 
 def _archive_images(archive: zipfile.ZipFile, path: Path) -> list[ImageRef]:
-    members = archive.infolist()
-    if len(members) > MAX_ZIP_MEMBERS:
-        raise InputError(f"{path}: more than {MAX_ZIP_MEMBERS} entries")
-    if sum(m.file_size for m in members) > MAX_ZIP_UNCOMPRESSED:
-        raise InputError(f"{path}: unpacks to more than {MAX_ZIP_UNCOMPRESSED // 2**30} GiB (decompression bomb?)")
     refs = []
-    for member in members:
-        name = PurePosixPath(member.filename.replace("\\", "/"))
-        if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-            raise InputError(f"{path}: entry '{member.filename}' points outside the archive; refused")
+    for member in checked_members(archive, path.name, ArchiveLimits(MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED,
+                                                                        MAX_ZIP_UNCOMPRESSED)):
+        name = member_path(member, path.name)
         if member.is_dir() or name.suffix.lower() not in IMAGE_SUFFIXES or name.name.startswith("."):
             continue
         if "__MACOSX" in name.parts:
@@ -131,11 +126,7 @@ def _member_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path
     def read() -> bytes:
         if member.file_size > MAX_IMAGE_BYTES:
             raise InputError(f"{where}: image file is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-        try:
-            with archive.open(member) as stream:
-                data = stream.read(MAX_IMAGE_BYTES + 1)  # the header's size is not trusted
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as err:
-            raise InputError(f"{where}: cannot be read from the archive ({err})") from None
+        data = read_member(archive, member, where, MAX_IMAGE_BYTES)  # the header's size is not trusted
         return check_image(data, where)
 
     return read

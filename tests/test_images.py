@@ -56,7 +56,7 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "MAX_ZIP_UNCOMPRESSED", 1_000_000)
     bomb = write_zip(tmp_path / "bomb.zip", {"red/zeros.png": bytes(2_000_000)})  # deflates to ~2 KB
     assert bomb.stat().st_size < 20_000
-    with pytest.raises(InputError, match="unpacks to more than .* GiB \\(decompression bomb\\?\\)"):
+    with pytest.raises(InputError, match="unpacks to more than .* \\(decompression bomb\\?\\)"):
         read_samples(bomb)
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100 * 100)
     big = io.BytesIO()

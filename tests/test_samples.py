@@ -31,8 +31,8 @@ def test_limit_is_a_seeded_subset_in_order(tmp_path):
     ("e.jsonl", '{"text": "x"}\n{oops\n', r"e.jsonl:2: not valid JSON"),
     ("e.jsonl", '["x"]\n', "expected an object"),
     ("e.csv", "sentence,label\nhi,1\n", r"e.csv:2: expected a non-empty 'text' or 'image' field \(columns found: sentence, label\)"),
-    ("e.csv", 'text,label\nfine,1\n"unterminated,0\nmore,1\n', r"e.csv:4: malformed CSV \(unexpected end of data\); "
-                                                                r"is a quote left open\?"),
+    ("e.csv", 'text,label\nfine,1\n"unterminated,0\nmore,1\n', r"e.csv:3: malformed CSV \(unexpected end of data\); "
+                                                                r"is a quote left open on this line\?"),
     ("e.csv", "text,label\nfine,1\na,b,c\n", r"e.csv:3: 3 fields, the header has 2 \(text, label\)"),
     ("e.txt", "a\x00b", "binary data"),
     ("e.parquet", "x", "unsupported sample format"),
