@@ -15,11 +15,12 @@ from transformers.utils import logging as transformers_logging
 from .compat import check_expert, find_source, is_unchanged
 from .config import MergeConfig, MergeOptions
 from .engine import EngineTask, ProgressEvent, merge
-from .errors import Cancelled, InputError, MergeError
+from .errors import Cancelled, InputError, MergeError, NonFiniteError
 from .export import model_card
 from .families import Family, detect_family
 from .families.base import EncodedSamples
 from .heldout import heldout_shift as measure_heldout
+from .hosting import Confinement
 from .methods import METHODS, Method
 from .offload import Placement, check_mode, pick_placement
 from .report import MethodReport, Report, mean, normalized
@@ -48,18 +49,21 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
               device: str = "auto", dtype: str = "float32", token: str | None = None,
               progress: Callable[[ProgressEvent], None] | None = None,
               cancel: Callable[[], bool] | None = None,
-              log: Callable[[str], None] | None = None, offload: str = "auto") -> Report:
+              log: Callable[[str], None] | None = None, offload: str = "auto",
+              confinement: Confinement | None = None) -> Report:
     """Merge the config's experts with each of its methods, score every result and measure the shift.
 
     With `out_dir`, writes report.json there and a loadable model folder for each method in `save`.
     `offload` ("auto", "on", "off") keeps the model's blocks and the streams in host memory with one block at
     a time on the GPU (offload.py); "auto" does so when the model would fill more than half of the GPU.
     `progress` is called after every layer group; `cancel` is polled there and raises Cancelled.
-    The token only reaches the Hub download; it is never stored or logged.
+    The token only reaches the Hub download; it is never stored or logged (False: anonymous Hub calls).
+    `confinement` (hosting.py) says where models and sample files may come from; the app's hosted mode sets it.
     Running out of GPU memory anywhere (loading, scoring, merging) raises MergeError with what to change.
     """
     try:
-        return _run_merge(config, out_dir, save, device, dtype, token, progress, cancel, log, offload)
+        return _run_merge(config, out_dir, save, device, dtype, token, progress, cancel, log, offload,
+                          confinement or Confinement())
     except torch.cuda.OutOfMemoryError:
         raise MergeError(OUT_OF_GPU_MEMORY) from None
     finally:
@@ -82,21 +86,24 @@ class Loaded:
 
 
 def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None, device: str, dtype: str,
-               token: str | None, progress: Callable[[ProgressEvent], None] | None,
-               cancel: Callable[[], bool] | None, log: Callable[[str], None] | None, offload: str) -> Report:
+               token: str | bool | None, progress: Callable[[ProgressEvent], None] | None,
+               cancel: Callable[[], bool] | None, log: Callable[[str], None] | None, offload: str,
+               confinement: Confinement) -> Report:
     say = log or (lambda message: None)
     save = _check_request(config, save)
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
     check_mode(offload)  # refused before anything loads
     torch.manual_seed(config.options.seed)
 
+    _check_samples_allowed(config, confinement)
     say(f"resolving base {config.base}")
-    loaded = _load_base(config, torch_device, torch_dtype, token, offload)
+    loaded = _load_base(config, torch_device, torch_dtype, token, offload, confinement)
     if loaded.placement.offload:
         say("keeping the blocks and the streams in host memory; one block at a time on the GPU")
     config = with_family_defaults(config, loaded.family)
     options = config.options
-    experts, warnings = _load_experts(config, loaded, token, say)
+    check_max_length(loaded.backbone.config, options.max_length, loaded.family.name)
+    experts, warnings = _load_experts(config, loaded, token, say, confinement)
     scorer = _Scorer(loaded, options, torch_device, torch_dtype)
 
     say("scoring the experts and the base")
@@ -135,6 +142,14 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     return report
 
 
+def non_finite_hint(dtype: torch.dtype) -> str:
+    """What to try when the statistics are not finite, for the dtype the run really used."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return f"the run used {str(dtype).removeprefix('torch.')}: activations may overflow there; try float32"
+    return (f"the run already used {str(dtype).removeprefix('torch.')}, so the activations are not overflowing "
+            "a short float: a model's weights or the samples lead to NaN/Inf (check the base and the experts)")
+
+
 def with_family_defaults(config: MergeConfig, family: Family) -> MergeConfig:
     """Options left unset that depend on the family, filled in (so the report and the exported config say them)."""
     if config.options.sink_tokens is not None:
@@ -156,17 +171,59 @@ def _check_request(config: MergeConfig, save: list[str] | None) -> list[str]:
     return save
 
 
-def _load_base(config: MergeConfig, device: torch.device, dtype: torch.dtype, token: str | None,
-               offload: str) -> Loaded:
-    folder = resolve_model(config.base, token=token)
+def _check_samples_allowed(config: MergeConfig, confinement: Confinement) -> None:
+    for spec in config.experts:
+        for kind in ("calibration", "evaluation"):
+            if getattr(spec, kind):
+                confinement.check_sample(getattr(spec, kind), f"expert '{spec.name}': {kind} samples")
+
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def check_max_length(model_config, max_length: int, family: str) -> None:
+    """Refuse a max_length above the positions the model has (a text model's tokens; CLIP's image side has
+    none), before any sample is encoded."""
+    if family == "image-classification":
+        return
+    limit = next((getattr(model_config, k) for k in POSITION_KEYS if isinstance(getattr(model_config, k, None), int)),
+                 None)
+    if limit is not None and max_length > limit:
+        raise InputError(f"max_length {max_length} is above the base model's {limit} positions; use at most {limit}")
+
+
+def check_float(who: str, source: ModelSource, names: list[str]) -> None:
+    """Refuse integer or quantized tensors (int8, uint8, float8...): a merge needs the float weights."""
+    for name in names:
+        if source.has(name):
+            stored = source.weights.dtype(source.key(name))
+            if stored not in FLOAT_DTYPES:
+                raise InputError(f"{who}: tensor '{name}' is stored as {stored}, an integer or quantized type; "
+                                 "merging needs a float checkpoint (float32, float16 or bfloat16)")
+
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def _load_base(config: MergeConfig, device: torch.device, dtype: torch.dtype, token: str | bool | None,
+               offload: str, confinement: Confinement) -> Loaded:
+    folder = resolve_model(config.base, token=token, confinement=confinement, who=f"base {config.base}")
     family = detect_family(folder, config.family, config.options.prompt_templates)
     processor = family.load_processor(folder)
     weights = SafetensorsWeights(folder)
+    check_float(f"base {config.base}", ModelSource(weights),
+                [n for n in weights.names() if n.endswith((".weight", ".bias"))])  # before the load casts them
     placement = pick_placement(device, offload, model_bytes(weights, dtype) if device.type == "cuda" else 0)
     backbone = family.load_backbone(folder, dtype, device, placement.offload)
     expected = {n: tuple(p.shape) for n, p in backbone.named_parameters()}
     names = list(expected)
     source = find_source(weights, names, f"{backbone.base_model_prefix}.", f"base {config.base}")
+    block_path, _ = family.blocks(backbone)
+    missing = [n for n in names if n.startswith(f"{block_path}.") and not source.has(n)]
+    if missing:
+        raise InputError(f"base {config.base}: its weights lack '{missing[0]}'"
+                         f"{f' and {len(missing) - 1} more block tensors' if len(missing) > 1 else ''}; loading would "
+                         "fill them with random values, so it is refused (is the checkpoint complete?)")
     return Loaded(folder, family, processor, backbone, source, names, expected, placement)
 
 
@@ -176,9 +233,9 @@ def model_bytes(weights: SafetensorsWeights, dtype: torch.dtype) -> int:
     return sum(math.prod(weights.shape(name)) for name in weights.names()) * element
 
 
-def _load_experts(config: MergeConfig, loaded: Loaded, token: str | None,
-                  say: Callable[[str], None]) -> tuple[list[Expert], list[str]]:
-    """Each expert resolved, checked against the base (names, shapes, family) and its samples read."""
+def _load_experts(config: MergeConfig, loaded: Loaded, token: str | bool | None, say: Callable[[str], None],
+                  confinement: Confinement) -> tuple[list[Expert], list[str]]:
+    """Each expert resolved, checked against the base (names, shapes, dtypes, family) and its samples read."""
     options, family = config.options, loaded.family
     block_path, _ = family.blocks(loaded.backbone)
     probe = [n for n in loaded.names if n.startswith(f"{block_path}.0.")]
@@ -186,22 +243,47 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | None,
     for spec in config.experts:
         who = f"expert '{spec.name}' ({spec.model})"
         say(f"resolving {who}")
-        folder = resolve_model(spec.model, spec.revision, token)
+        folder = resolve_model(spec.model, spec.revision, token, confinement, who=who)
         source = find_source(SafetensorsWeights(folder), loaded.names, f"{loaded.backbone.base_model_prefix}.", who)
         source.fallback = loaded.source
         check_expert(who, folder, source, loaded.expected, loaded.folder, family)
+        check_float(who, source, loaded.names)
         if is_unchanged(source, loaded.source, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
-        calibration = read_samples(spec.calibration, options.calibration_samples, options.seed)
+        calibration = read_samples(spec.calibration, options.calibration_samples, options.seed,
+                                   name=_sample_name(spec.name, "calibration", spec.calibration),
+                                   max_bytes=confinement.sample_bytes)
+        _check_kind(family, calibration, spec.name, "calibration")
         if len(calibration) < options.calibration_samples:
             warnings.append(f"{who}: {len(calibration)} calibration samples, fewer than the "
                             f"{options.calibration_samples} asked; all of them are used")
         evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed,
-                                   need_labels=family.needs_labels)
+                                   need_labels=family.needs_labels,
+                                   name=_sample_name(spec.name, "evaluation", spec.evaluation),
+                                   max_bytes=confinement.sample_bytes)
                       if spec.evaluation else None)
+        if evaluation is not None:
+            _check_kind(family, evaluation, spec.name, "evaluation")
         experts.append(Expert(spec.name, folder, source, calibration, evaluation, spec.weight,
                               spec.labels or label_names(evaluation)))
     return experts, warnings
+
+
+def _sample_name(expert: str, kind: str, path: str) -> str:
+    """How messages name a sample file: the expert, the kind and the file's own name (never its folder)."""
+    return f"expert '{expert}', {kind} samples {Path(path).name}"
+
+
+def _check_kind(family: Family, samples: list[Sample], expert: str, kind: str) -> None:
+    """Images given to a text model (or text to an image model) are refused by name, not read as empty text."""
+    images = sum(s.is_image for s in samples)
+    if family.name == "image-classification":
+        if images < len(samples):
+            raise InputError(f"expert '{expert}': {len(samples) - images} of its {kind} samples are text; the base "
+                             "is an image model (give images: a .zip or folder of class subfolders)")
+    elif images:
+        raise InputError(f"expert '{expert}': {images} of its {kind} samples are images; the base is a "
+                         f"{family.name} model (give text: .txt lines, or .jsonl/.csv with a 'text' column)")
 
 
 class _Notifier:
@@ -273,8 +355,11 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
     memory = PeakMemory(device)
     notify(ProgressEvent(method.name, 0, 0, "", "merge"))  # started; the engine knows the total after block 0
     began = time.perf_counter()
-    trace = merge(method, family, loaded.backbone, loaded.source, tasks, calibration, config.options,
-                  notify.progress, notify.cancel, memory, loaded.placement)
+    try:
+        trace = merge(method, family, loaded.backbone, loaded.source, tasks, calibration, config.options,
+                      notify.progress, notify.cancel, memory, loaded.placement)
+    except NonFiniteError as err:
+        raise MergeError(f"{err}; {non_finite_hint(next(loaded.backbone.parameters()).dtype)}") from None
     seconds = time.perf_counter() - began
     scored = [e for e in experts if e.evaluation is not None]
     scores: dict[str, float | None] = {e.name: None for e in experts}

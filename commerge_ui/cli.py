@@ -13,7 +13,7 @@ from .config import load_config
 from .demo import unbuilt_demos
 from .engine import PHASE_RUNNING, ProgressEvent
 from .errors import Cancelled, InputError, MergeError
-from .export import atomic_folder
+from .export import atomic_folder, check_output_folder
 from .report import in_percent, last_heldout, last_shift, verdict
 
 
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         from .api import run_merge  # heavy imports after argument parsing
 
         config = load_config(args.config)
+        check_output_folder(args.out, _read_paths(args.config, config))
         for demo in unbuilt_demos(config):
             printer.say(f"first use of the demo's models on this machine: building them ({demo.build_note})")
             demo.ensure(printer.say)
@@ -166,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     print("verdict: " + verdict(json.loads(report.to_json())))
     print(f"wrote {args.out}/report.json" + "".join(f" and {args.out}/{m}/" for m in save))
     return 0
+
+
+def _read_paths(config_file: Path, config) -> list[Path]:
+    """What a run reads from disk: the config file, and its local models and sample files."""
+    refs = [config.base, *(e.model for e in config.experts),
+            *(p for e in config.experts for p in (e.calibration, e.evaluation) if p)]
+    return [config_file, *(Path(r) for r in refs if Path(r).expanduser().exists())]
 
 
 def summary(report_json: str) -> str:

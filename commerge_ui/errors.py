@@ -14,3 +14,7 @@ class Cancelled(Exception):
 
 class MergeError(Exception):
     """A merge that could not be completed (NaN/Inf, out of memory); the message says where and what to try."""
+
+
+class NonFiniteError(MergeError):
+    """The calibration statistics hold NaN or Inf; run_merge adds what to try for the dtype the run used."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import shutil
 import uuid
@@ -15,29 +16,63 @@ from PIL import Image
 from .config import MergeConfig, config_to_yaml
 from .errors import InputError
 from .samples import Sample, read_samples
+from .sources import PARTIAL_MARKER, is_partial
 
 
 @contextmanager
 def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
-    """A temporary sibling folder that becomes `final` only if the block succeeds; removed otherwise."""
+    """A temporary sibling folder that becomes `final` only if the block succeeds; removed otherwise.
+
+    While it is written it holds a marker file (sources.PARTIAL_MARKER), so that a process killed midway
+    leaves nothing that passes for a model; such leftovers of `final` are removed by the next call.
+    """
     final = Path(final)
     if final.exists() and not force:
         raise InputError(f"{final}: already exists (use --force to replace it)")
     if final.exists() and not final.is_dir():
         raise InputError(f"{final}: exists and is not a folder")
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
+    (partial / PARTIAL_MARKER).touch()
     try:
         yield partial
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    (partial / PARTIAL_MARKER).unlink()
     old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
     if final.exists():
         final.rename(old)
     partial.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_folder(out: Path, protected: list[Path]) -> None:
+    """Refuse an output folder that replacing would destroy something else: the current folder or one above
+    it, or a folder holding any of `protected` (the config, its models and samples)."""
+    target = Path(out).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if here.is_relative_to(target):
+        raise InputError(f"--out {out}: that is the current folder or one above it; name a new folder for the output")
+    for path in protected:
+        try:
+            inside = Path(path).expanduser().resolve().is_relative_to(target)
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if inside:
+            raise InputError(f"--out {out}: it holds {path}, which the run reads; name another folder")
+
+
+def remove_leftovers(final: Path) -> list[Path]:
+    """Remove what an interrupted atomic_folder(final) left beside it (its .partial-* and .old-* folders)."""
+    removed = []
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
+        if leftover.is_dir() and is_partial(leftover) and leftover.name.startswith(f".{final.name}."):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
 
 
 def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
@@ -53,8 +88,9 @@ def write_config_bundle(config: MergeConfig, folder: Path) -> Path:
             source = getattr(expert, kind)
             if source:
                 copy = samples / f"{expert.name}_{kind}{Path(source).suffix.lower()}"
-                if Path(source).is_dir():  # an image folder in class-subfolder layout
-                    shutil.copytree(source, copy)
+                if Path(source).is_dir():  # an image folder: its images only, zipped in class-subfolder layout
+                    copy = copy.with_suffix(".zip")
+                    _zip_images(read_samples(source), copy)
                 elif named := _named_images(Path(source)):  # the images it points to would not travel with it
                     copy = copy.with_suffix(".zip")
                     _zip_images(named, copy)

@@ -11,12 +11,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import InputError
-from .sources import is_repo_id
+from .sources import hub_token, is_repo_id
 
 OFFLINE_MESSAGE = "Hub search is offline here; local folders still work"
 
 
-def search_models(query: str, base: str | None = None, limit: int = 20, api=None) -> list[str]:
+def search_models(query: str, base: str | None = None, limit: int = 20, api=None,
+                  token: str | bool | None = None) -> list[str]:
     """Model ids matching `query`, fine-tunes of `base` first when `base` is a Hub id.
 
     Raises InputError(OFFLINE_MESSAGE) when the Hub cannot be reached.
@@ -33,8 +34,9 @@ def search_models(query: str, base: str | None = None, limit: int = 20, api=None
     found: list[str] = []
     try:
         if base and is_repo_id(base):
-            found += [m.id for m in api.list_models(search=query, filter=f"base_model:finetune:{base}", limit=limit)]
-        found += [m.id for m in api.list_models(search=query, limit=limit)]
+            found += [m.id for m in api.list_models(search=query, filter=f"base_model:finetune:{base}", limit=limit,
+                                                    token=hub_token(token))]
+        found += [m.id for m in api.list_models(search=query, limit=limit, token=hub_token(token))]
     except Exception:  # any failure of a suggestion box means the same thing to the user
         raise InputError(OFFLINE_MESSAGE) from None
     return list(dict.fromkeys(found))[:limit]

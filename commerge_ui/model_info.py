@@ -10,12 +10,16 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .families import guess_family, same_architecture
 from .families.base import FULL_CLIP_NEEDED
 from .hub import hub_reachable
-from .sources import SafetensorsWeights, check_model_folder, hub_errors, is_repo_id, read_config_file
+from .sources import SafetensorsWeights, check_model_folder, hub_errors, hub_token, is_repo_id, read_config_file
+
+if TYPE_CHECKING:
+    from .hosting import Confinement
 
 # Tensors that belong to a task head or a pooler: they may differ between experts and are not merged.
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "lm_head", "cls", "pooler", "qa_outputs",
@@ -44,13 +48,17 @@ class ModelInfo:
         return f"{arch} · {_count(self.parameters)} parameters · family {self.family}"
 
 
-def inspect_model(ref: str, revision: str | None = None, token: str | None = None) -> ModelInfo:
-    """Read a model's description from a local folder or from the Hub (headers only)."""
+def inspect_model(ref: str, revision: str | None = None, token: str | bool | None = None,
+                  confinement: Confinement | None = None) -> ModelInfo:
+    """Read a model's description from a local folder or from the Hub (headers only). `token` and
+    `confinement` as for sources.resolve_model."""
     ref = ref.strip()
     if not ref:
         raise InputError("no model given")
+    if confinement is not None:
+        confinement.check_model(ref, ref)
     path = Path(ref).expanduser()
-    if path.exists():
+    if (confinement is None or confinement.local_model(ref)) and path.exists():
         if not path.is_dir():
             raise InputError(f"{ref}: expected a model folder (config.json + *.safetensors), got a file")
         check_model_folder(path, ref)
@@ -153,8 +161,8 @@ def _hub_headers(repo_id: str, revision: str | None, token: str | None):
     if not constants.HF_HUB_OFFLINE and not hub_reachable(constants.ENDPOINT):
         raise InputError(f"{repo_id}: the Hub cannot be reached (offline?); local folders still work")
     with hub_errors(repo_id, revision):
-        config_file = hf_hub_download(repo_id, "config.json", revision=revision, token=token or None)
-        metadata = HfApi().get_safetensors_metadata(repo_id, revision=revision, token=token or None)
+        config_file = hf_hub_download(repo_id, "config.json", revision=revision, token=hub_token(token))
+        metadata = HfApi().get_safetensors_metadata(repo_id, revision=revision, token=hub_token(token))
     shapes = {name: tuple(info.shape) for file in metadata.files_metadata.values()
               for name, info in file.tensors.items()}
     return read_config_file(Path(config_file), repo_id), shapes

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from .errors import MergeError
+from .errors import MergeError, NonFiniteError
 
 if TYPE_CHECKING:
     from .config import MergeOptions
@@ -136,8 +136,7 @@ def solve_group(terms: list[TaskTerms], w_mean: torch.Tensor, ridge: float = 0.0
     rhs = sum(t.b(a) for t, a in zip(terms, lhs64))
     # A sum is finite only if every entry is (a NaN or an Inf carries through it): one reduction, not a mask
     if not (torch.isfinite(lhs.sum()) and torch.isfinite(rhs.sum())):
-        raise MergeError(f"{where}: the calibration statistics contain NaN or Inf (overflow in the "
-                         "activations?); try float32 instead of float16/bfloat16")
+        raise NonFiniteError(f"{where}: the calibration statistics contain NaN or Inf")
     scale = float(torch.diagonal(lhs).mean().clamp_min(1e-12))
     eye = torch.eye(lhs.shape[0], dtype=lhs.dtype, device=lhs.device)
     # The asked ridge first; if the system is still singular, growing ones above it, up to the mean diagonal

@@ -9,11 +9,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .hosting import Confinement
 
 # Weights, configs and tokenizer files; pickle weights (.bin, .pt, .pth) are never fetched.
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "merges.txt"]
@@ -21,18 +25,28 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
-def resolve_model(ref: str, revision: str | None = None, token: str | None = None) -> Path:
-    """A folder holding the model's config and safetensors weights, downloaded from the Hub if needed."""
+def resolve_model(ref: str, revision: str | None = None, token: str | bool | None = None,
+                  confinement: Confinement | None = None, who: str | None = None) -> Path:
+    """A folder holding the model's config and safetensors weights, downloaded from the Hub if needed.
+
+    `token`: a Hub token, False for anonymous calls, None for the process's own (HF_TOKEN or login).
+    `confinement`: where a local folder may be (hosted: the demos' models); a Hub id is then never read as a
+    local path. `who` names the model in messages (default: `ref`).
+    """
+    who = who or ref
+    if confinement is not None:
+        confinement.check_model(ref, who)
+    local = confinement is None or confinement.local_model(ref)
     path = Path(ref).expanduser()
-    if path.exists():
+    if local and path.exists():
         if not path.is_dir():
-            raise InputError(f"{ref}: expected a model folder (config.json + *.safetensors), got a file")
+            raise InputError(f"{who}: expected a model folder (config.json + *.safetensors), got a file")
         folder = path
     elif not is_repo_id(ref):
-        raise InputError(f"{ref}: no such folder, and not a Hub model id")
+        raise InputError(f"{who}: no such folder, and not a Hub model id")
     else:
         folder = _download(ref, revision, token)
-    check_model_folder(folder, ref)
+    check_model_folder(folder, who)
     return folder
 
 
@@ -41,11 +55,16 @@ def is_repo_id(ref: str) -> bool:
     return not ref.startswith((".", "/", "~")) and bool(_REPO_ID.match(ref))
 
 
-def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
+def hub_token(token: str | bool | None) -> str | bool | None:
+    """What huggingface_hub is given: a token, False (anonymous: never the process's HF_TOKEN) or None."""
+    return None if token is None or token == "" else token
+
+
+def _download(repo_id: str, revision: str | None, token: str | bool | None) -> Path:
     from huggingface_hub import snapshot_download
 
     with hub_errors(repo_id, revision):
-        return Path(snapshot_download(repo_id, revision=revision, token=token or None, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, revision=revision, token=hub_token(token), allow_patterns=HUB_PATTERNS))
 
 
 @contextmanager
@@ -89,9 +108,21 @@ def read_config_file(path: Path, ref: str | None = None) -> dict:
     return config
 
 
+PARTIAL_MARKER = ".commerge-partial"  # inside an output folder while it is being written (export.atomic_folder)
+_PARTIAL_NAME = re.compile(r"^\..*\.(partial|old)-[0-9a-f]{8}$")
+
+
+def is_partial(folder: Path) -> bool:
+    """An output a merge had not finished writing (it was stopped, or killed while saving)."""
+    return (folder / PARTIAL_MARKER).exists() or bool(_PARTIAL_NAME.match(folder.name))
+
+
 def check_model_folder(folder: Path, ref: str | None = None) -> None:
-    """Refuse folders without a config or without safetensors weights (pickle is never loaded)."""
+    """Refuse folders without a config or without safetensors weights (pickle is never loaded), and the
+    half-written output of a merge that was stopped."""
     name = ref or str(folder)
+    if is_partial(folder):
+        raise InputError(f"{name}: an unfinished merge output (the merge was stopped while writing it); not a model")
     if not (folder / "config.json").is_file():
         raise InputError(f"{name}: config.json is missing")
     if not any(folder.glob("*.safetensors")):
@@ -117,13 +148,20 @@ class SafetensorsWeights:
         try:
             if index.is_file():
                 weight_map = json.loads(index.read_text())["weight_map"]
-                return {name: self.folder / file for name, file in weight_map.items()}
+                return {name: self._shard(file) for name, file in weight_map.items()}
             mapping: dict[str, Path] = {}
             for file in sorted(self.folder.glob("*.safetensors")):
                 mapping.update({name: file for name in self._open(file).keys()})
             return mapping
         except (SafetensorError, OSError, KeyError, ValueError) as err:
             raise InputError(f"{self.folder}: unreadable safetensors weights ({err})") from None
+
+    def _shard(self, file: object) -> Path:
+        """A shard the index names: a file of this folder, never a path that leaves it."""
+        if not isinstance(file, str) or not file or "/" in file or "\\" in file or file in (".", ".."):
+            raise InputError(f"{self.folder.name}: its model.safetensors.index.json names a shard outside the "
+                             "model folder; refused")
+        return self.folder / file  # (a Hub snapshot's files are links into its cache: the folder's own doing)
 
     def _open(self, file: Path):
         if file not in self._handles:
@@ -138,6 +176,10 @@ class SafetensorsWeights:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._open(self.file_of[name]).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype as safetensors writes it ('F32', 'BF16', 'I8', ...), read from the header."""
+        return str(self._open(self.file_of[name]).get_slice(name).get_dtype())
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.file_of:

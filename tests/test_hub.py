@@ -20,7 +20,7 @@ class StandInHub:
         self.calls: list[tuple] = []
         self.fail = fail
 
-    def list_models(self, search, limit, filter=None):
+    def list_models(self, search, limit, filter=None, token=None):
         self.calls.append(("list_models", search, filter))
         return [Found(f"org/{search}-ft")] if filter else [Found(f"org/{search}-ft"), Found(f"org/{search}")]
 

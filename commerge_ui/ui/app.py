@@ -3,6 +3,7 @@ handler calls a plain function from handlers.py, form.py or session.py."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import gradio as gr
 
 from ..demo import DEMO_CONFIG, DEMOS
 from ..errors import InputError
+from ..hosting import HOSTED_LIMITS, Limits, Policy, hosted_from
 from ..methods import METHODS
 from . import handlers
 from .form import (ExpertForm, evaluation_needs_labels, marked_problems, model_message, sample_preview,
@@ -36,6 +38,12 @@ language model (SmolLM2-135M and five experts, each fine-tuned on one kind of te
 models and samples, under **Models and samples**. Text classifiers (BERT-like), CLIP image classifiers
 (zero-shot heads from class names) and causal language models (GPT-2, Llama, Qwen, Mistral; scored by
 perplexity) are merged the same way; the family is read from the base model."""
+HOSTED_NOTE = """
+
+*This is a hosted instance: models come from the Hub (public ones; no token of this server's is used) or
+the demos, samples from files you upload, and each run is bounded to fit a small CPU machine. Your files
+are removed when you leave or after an hour. Run it on your own machine (`python app.py`) for local folders,
+GPUs and larger runs.*"""
 INPUTS = "Models and samples: the demo's base and experts are loaded (open to choose another demo or your own)"
 
 
@@ -48,33 +56,55 @@ def _gpu(fn):
     return spaces.GPU(duration=900)(fn)
 
 
-def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None) -> gr.Blocks:
-    """The page, section by section (each `_…_section` lays one out), then its events (each `_wire_…`)."""
-    sessions = sessions or Sessions()
+def page_policy(hosted: bool) -> Policy:
+    """The policy of a page: hosted, the visitor's uploads (Gradio's upload folder) and the demos only."""
+    from gradio.utils import get_upload_folder
+
+    if not hosted:
+        return Policy.local()
+    ttl = os.environ.get("COMMERGE_SESSION_TTL_S")  # an owner may shorten (or lengthen) how long files stay
+    limits = HOSTED_LIMITS.model_copy(update={"session_ttl_s": float(ttl)}) if ttl else HOSTED_LIMITS
+    return Policy.hosted_with([Path(get_upload_folder())], limits)
+
+
+def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None,
+              hosted: bool | None = None) -> gr.Blocks:
+    """The page, section by section (each `_…_section` lays one out), then its events (each `_wire_…`).
+
+    Hosted or local: the given sessions' policy, else `hosted`, else what the environment says
+    (hosting.hosted_from: SPACE_ID, COMMERGE_HOSTED, GRADIO_SERVER_NAME). `launch` refuses to serve a local page
+    to the network."""
+    if sessions is None:
+        if hosted is None:
+            hosted = hosted_from(os.environ.get("GRADIO_SERVER_NAME"))
+        sessions = Sessions(policy=page_policy(hosted))
+    policy = sessions.policy
+    sessions.start_sweeper(every=min(60.0, sessions.ttl / 2))
     defaults = handlers.defaults_from(config_path)
     with gr.Blocks(title="Chain of Merges", delete_cache=(3600, 3600)) as app:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO + (HOSTED_NOTE if policy.hosted else ""))
         with gr.Accordion(INPUTS, open=False, elem_id="inputs"):  # Run stays on the first screen
-            models = _models_section(defaults, config_path)
-            samples = _samples_section(defaults)
-        run = _run_section(defaults.options)
+            models = _models_section(defaults, config_path, policy)
+            samples = _samples_section(defaults, policy)
+        run = _run_section(defaults.options, policy.limits)
         results = _results_section()
         compare = _compare_section()
         export = _export_section()
 
-        _wire_models(models, samples, run)
-        _wire_samples(models, samples)
+        _wire_models(models, samples, run, policy)
+        _wire_samples(models, samples, policy)
         _wire_run(sessions, models, samples, run, results, compare, export)
         _wire_compare(sessions, compare)
         _wire_export(sessions, results, export)
         _api_run_config(sessions)
-        app.load(_model_notes, [models.base, *models.models], [models.base_status, *models.notes],
-                 api_visibility="private")
+        app.load(lambda *refs: _model_notes(policy, *refs), [models.base, *models.models],
+                 [models.base_status, *models.notes], api_visibility="private")
 
         def on_close(request: gr.Request) -> None:
             sessions.close(request.session_hash)
 
         app.unload(on_close)
+    app.commerge_policy = policy  # launch() checks it against the address it listens on
     return app
 
 
@@ -108,7 +138,7 @@ class _Models:
     notes: list[gr.Markdown]
 
 
-def _models_section(defaults: handlers.FormDefaults, config_path: Path) -> _Models:
+def _models_section(defaults: handlers.FormDefaults, config_path: Path, policy: Policy) -> _Models:
     gr.Markdown("### Models")
     current = next((d.key for d in DEMOS.values() if d.config == Path(config_path).resolve()), None)
     demo = gr.Radio([(d.title, d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
@@ -116,7 +146,7 @@ def _models_section(defaults: handlers.FormDefaults, config_path: Path) -> _Mode
     with gr.Row():
         base = gr.Dropdown(label="Base model (Hub id or local folder)", choices=[defaults.base],
                            value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
-        base_status = gr.Markdown(model_message(defaults.base), elem_id="base-status")
+        base_status = gr.Markdown(model_message(defaults.base, policy=policy), elem_id="base-status")
     hub_note = gr.Markdown("", elem_id="hub-note")
     count = gr.Slider(1, MAX_EXPERTS, value=len(defaults.experts), step=1, label="Number of experts")
     cards, names, models, notes = [], [], [], []
@@ -126,7 +156,7 @@ def _models_section(defaults: handlers.FormDefaults, config_path: Path) -> _Mode
             models.append(gr.Dropdown(label="model (Hub id or local folder)", choices=[row.model] if row.model else [],
                                       value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
                                       elem_id=f"expert-{k}-model"))
-            notes.append(gr.Markdown(model_message(row.model, defaults.base) if row.model else "",
+            notes.append(gr.Markdown(model_message(row.model, defaults.base, policy) if row.model else "",
                                      elem_id=f"expert-{k}-status"))
         cards.append(card)
     return _Models(demo, base, base_status, hub_note, count, cards, names, models, notes)
@@ -143,7 +173,7 @@ class _Samples:
     galleries: list[gr.Gallery]
 
 
-def _samples_section(defaults: handlers.FormDefaults) -> _Samples:
+def _samples_section(defaults: handlers.FormDefaults, policy: Policy) -> _Samples:
     gr.Markdown("### Samples\nPer expert: calibration samples (text: `.txt` one per line, `.jsonl`/`.csv` with "
                 "a `text` column; images: a `.zip` with one folder per class; labels not needed) and optional "
                 "evaluation samples (a `label` column or class folders; causal LMs need no labels: they are "
@@ -159,7 +189,7 @@ def _samples_section(defaults: handlers.FormDefaults) -> _Samples:
                                               file_types=UPLOAD_TYPES, elem_id=f"expert-{k}-evaluation"))
             ui.class_names.append(gr.Textbox(row.labels, label="class names, comma-separated (CLIP; optional)",
                                              placeholder="e.g. airplane, car, ship", elem_id=f"expert-{k}-classes"))
-            note, frame, thumbnails = _on_samples(row.calibration, row.evaluation, defaults.base)
+            note, frame, thumbnails = _on_samples(policy, row.calibration, row.evaluation, defaults.base)
             ui.notes.append(gr.Markdown(note, elem_id=f"samples-{k}-status"))
             with gr.Accordion("first samples", open=False):
                 ui.previews.append(gr.Dataframe(frame, show_label=False, max_height=220))
@@ -188,7 +218,7 @@ class _Run:
         return [self.alpha, self.task_lambda, self.samples, self.max_length, self.evaluation_samples]
 
 
-def _run_section(options: dict) -> _Run:
+def _run_section(options: dict, limits: Limits) -> _Run:
     gr.Markdown("## Run")
     methods = gr.CheckboxGroup([(m.title, m.name) for m in METHODS.values()], value=DEFAULT_METHODS,
                                label="Methods to compare")
@@ -196,11 +226,12 @@ def _run_section(options: dict) -> _Run:
         alpha = gr.Slider(0.0, 1.0, value=options["alpha"], step=0.05, label="α (CoM, RegMean, RegMean++ shrink)",
                           elem_id="alpha")
         task_lambda = gr.Slider(0.05, 1.0, value=options["lambda"], step=0.05, label="λ (task arithmetic, TIES, DARE)")
-        samples = gr.Slider(4, 1024, value=options["calibration_samples"], step=4,
+        samples = gr.Slider(4, min(1024, limits.calibration_samples), value=options["calibration_samples"], step=4,
                             label="calibration samples per expert")
-        max_length = gr.Slider(8, 512, value=options["max_length"], step=8, label="max length (tokens)")
-        evaluation_samples = gr.Slider(0, 2000, value=options["evaluation_samples"] or 0, step=10,
-                                       label="evaluation samples per task (0: all)")
+        max_length = gr.Slider(8, min(512, limits.max_length), value=options["max_length"], step=8,
+                               label="max length (tokens)")
+        evaluation_samples = gr.Slider(0, min(2000, limits.evaluation_samples), value=options["evaluation_samples"] or 0,
+                                       step=10, label="evaluation samples per task (0: all)")
     with gr.Row():
         device = gr.Radio(["auto", "cpu", "cuda"], value="auto", label="device", info=handlers.device_note())
         dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="dtype")
@@ -331,7 +362,7 @@ def _export_section() -> _Export:
                    push_button, push_note)
 
 
-def _wire_models(models: _Models, samples: _Samples, run: _Run) -> None:
+def _wire_models(models: _Models, samples: _Samples, run: _Run, policy: Policy) -> None:
     def on_count(n: float):
         visible = [gr.update(visible=k < int(n)) for k in range(MAX_EXPERTS)]
         return visible + visible
@@ -354,21 +385,27 @@ def _wire_models(models: _Models, samples: _Samples, run: _Run) -> None:
                 o["alpha"], o["lambda"], o["calibration_samples"], o["max_length"], o["evaluation_samples"] or 0]
 
     models.demo.input(on_demo, models.demo, demo_outputs, api_visibility="private")
-    models.base.change(lambda ref: model_message(ref), models.base, models.base_status, api_visibility="private")
+    def on_model(ref, base=None):
+        return model_message(ref, base, policy)
+
+    models.base.change(on_model, models.base, models.base_status, api_visibility="private")
     for model, note in zip(models.models, models.notes):
-        model.change(model_message, [model, models.base], note, api_visibility="private")
-        models.base.change(model_message, [model, models.base], note, api_visibility="private")
+        model.change(on_model, [model, models.base], note, api_visibility="private")
+        models.base.change(on_model, [model, models.base], note, api_visibility="private")
     for box in [models.base, *models.models]:
-        box.key_up(_suggest, [box, models.base], [box, models.hub_note], trigger_mode="always_last",
-                   api_visibility="private")
+        box.key_up(lambda query, base: _suggest(query, base, policy), [box, models.base], [box, models.hub_note],
+                   trigger_mode="always_last", api_visibility="private")
 
 
-def _wire_samples(models: _Models, samples: _Samples) -> None:
+def _wire_samples(models: _Models, samples: _Samples, policy: Policy) -> None:
+    def on_samples(calibration, evaluation, base):
+        return _on_samples(policy, calibration, evaluation, base)
+
     for calibration, evaluation, note, preview, gallery in zip(samples.calibrations, samples.evaluations,
                                                                 samples.notes, samples.previews, samples.galleries):
         for box in (calibration, evaluation, models.base):
-            box.change(_on_samples, [calibration, evaluation, models.base], [note, preview, gallery],
-                       api_visibility="private")
+            box.change(on_samples, [calibration, evaluation, models.base], [note, preview, gallery],
+                       api_visibility="private", concurrency_limit=2, concurrency_id="preview")
 
 
 def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run, results: _Results,
@@ -383,9 +420,9 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
     def on_run(request: gr.Request, *values):
         session = sessions.get(request.session_hash)
         try:
-            config = _config_from_form(values)
+            config = _config_from_form(values, session.policy)
         except InputError as err:
-            yield {results.status: f"{PROBLEM} {err}", run.progress: ""}
+            yield {results.status: f"{PROBLEM} {session.policy.public(str(err))}", run.progress: ""}
             return
         yield {run.run: gr.update(interactive=False, value="Running…")}
         for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
@@ -459,9 +496,10 @@ def _wire_export(sessions: Sessions, results: _Results, export: _Export) -> None
                              [export.push_note, export.token], api_visibility="private")
 
 
-def _model_notes(base_ref: str, *model_refs: str) -> list[str]:
+def _model_notes(policy: Policy, base_ref: str, *model_refs: str) -> list[str]:
     """On page load: the demo may have finished building since the page was made, so check the models again."""
-    return [model_message(base_ref)] + [model_message(m, base_ref) if m else "" for m in model_refs]
+    return [model_message(base_ref, policy=policy)] + [model_message(m, base_ref, policy) if m else ""
+                                                       for m in model_refs]
 
 
 def _padded(experts: list[ExpertForm]) -> list[ExpertForm]:
@@ -469,7 +507,9 @@ def _padded(experts: list[ExpertForm]) -> list[ExpertForm]:
     return experts + [ExpertForm("", "", None, None)] * (MAX_EXPERTS - len(experts))
 
 
-def _config_from_form(values: tuple):
+def _config_from_form(values: tuple, policy: Policy):
+    """The form's config, or one InputError listing every problem at once: what the form marks ✘ beside the
+    models, a missing input, and what the policy refuses (bounds; hosted, sample files)."""
     base, count, rest = values[0], int(values[1]), values[2:]
     names, models = rest[:MAX_EXPERTS], rest[MAX_EXPERTS:2 * MAX_EXPERTS]
     calibrations, evaluations = rest[2 * MAX_EXPERTS:3 * MAX_EXPERTS], rest[3 * MAX_EXPERTS:4 * MAX_EXPERTS]
@@ -477,11 +517,21 @@ def _config_from_form(values: tuple):
     methods, alpha, task_lambda, samples, max_length, evaluation = rest[5 * MAX_EXPERTS:5 * MAX_EXPERTS + 6]
     experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k], class_names[k] or "")
                for k in range(count)]
-    problems = marked_problems(base or "", experts)
-    if problems:
-        raise InputError(f"fix what the form marks {PROBLEM} first: " + " · ".join(problems))
-    return handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length,
-                                 evaluation_samples=int(evaluation or 0) or None)
+    marked = marked_problems(base or "", experts, policy)
+    others: list[str] = []
+    config = None
+    try:
+        config = handlers.build_config(base, experts, methods, alpha, task_lambda, samples, max_length,
+                                       evaluation_samples=int(evaluation or 0) or None)
+    except InputError as err:
+        others.append(str(err))
+    if config is not None:
+        others += handlers.admission_problems(policy, config, models=False)
+    if marked:
+        raise InputError(f"fix what the form marks {PROBLEM} first: " + " · ".join(marked + others))
+    if others:
+        raise InputError(" · ".join(others))
+    return config
 
 
 def _views_update(views: handlers.ResultViews, outputs: list) -> dict:
@@ -489,17 +539,18 @@ def _views_update(views: handlers.ResultViews, outputs: list) -> dict:
     return dict(zip(outputs, values))
 
 
-def _suggest(query: str, base: str):
-    choices, note = handlers.hub_suggestions(query, base)
+def _suggest(query: str, base: str, policy: Policy):
+    choices, note = handlers.hub_suggestions(query, base, policy)
     if not choices:
         return gr.update(), note
     return gr.update(choices=choices), note
 
 
-def _on_samples(calibration: str | None, evaluation: str | None, base: str | None):
-    cal_rows, cal_note = sample_preview(calibration, need_labels=False)
-    eval_rows, eval_note = sample_preview(evaluation, need_labels=evaluation_needs_labels(base))
-    return _sample_note(cal_note, eval_note), _preview_frame(cal_rows, eval_rows), sample_thumbnails(calibration)
+def _on_samples(policy: Policy, calibration: str | None, evaluation: str | None, base: str | None):
+    cal_rows, cal_note = sample_preview(calibration, need_labels=False, policy=policy)
+    eval_rows, eval_note = sample_preview(evaluation, need_labels=evaluation_needs_labels(base, policy), policy=policy)
+    return (_sample_note(cal_note, eval_note), _preview_frame(cal_rows, eval_rows),
+            sample_thumbnails(calibration, policy=policy))
 
 
 def _sample_note(calibration: str, evaluation: str) -> str:
@@ -516,6 +567,15 @@ def _preview_frame(calibration: list[list], evaluation: list[list]):
     return pd.DataFrame(rows, columns=["file", "text", "label"])
 
 
-def launch(app: gr.Blocks, **kwargs) -> None:
-    """Queue (one merge at a time per process, which holds one GPU), upload cap, and the theme's CSS."""
+def launch(app: gr.Blocks, trust_network: bool = False, **kwargs) -> None:
+    """Queue (one merge at a time per process, which holds one GPU), upload cap, and the theme's CSS.
+
+    Refuses to serve a local-mode page where the app must run hosted (hosting.hosted_from: on Spaces, with
+    COMMERGE_HOSTED=1, or on an address other than loopback without `trust_network`)."""
+    server_name = kwargs.get("server_name") or os.environ.get("GRADIO_SERVER_NAME")
+    policy = getattr(app, "commerge_policy", None)
+    if hosted_from(server_name, trust_network) and not (policy is not None and policy.hosted):
+        raise RuntimeError(f"this page was built in local mode (it reads server folders), and serving it on "
+                           f"{server_name or 'this address'} needs hosted mode: build it with hosted=True, or say the "
+                           "network is trusted (--trust-network) to serve local mode to it")
     app.queue(default_concurrency_limit=4).launch(max_file_size=MAX_UPLOAD, css=CSS, **kwargs)

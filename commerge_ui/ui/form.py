@@ -16,64 +16,107 @@ from PIL import Image
 from ..config import MergeConfig, load_config, parse_config
 from ..demo import demo_of
 from ..errors import InputError
+from ..hosting import Policy
 from ..model_info import ModelInfo, fit_problems, inspect_model
 from ..images import open_rgb
-from ..samples import Sample, read_samples
+from ..samples import Sample, preview_samples, read_samples
 from ..sources import is_repo_id
 from .marks import OK, PENDING, PROBLEM
 
 PREVIEW_ROWS = 5
+FULL_CHECK_BYTES = 4 * 2**20  # a sample file up to this size is parsed whole by the preview
 _SAFE_NAME = re.compile(r"[^\w.\-]+")
 
 
+LOCAL = Policy.local()
+
+
 @lru_cache(maxsize=64)
-def _inspect_hub(ref: str) -> ModelInfo:
-    return inspect_model(ref)
+def _inspect_hub(ref: str, token: str | bool | None) -> ModelInfo:
+    return inspect_model(ref, token=token)
 
 
-def _inspect(ref: str) -> ModelInfo:
+def _inspect(ref: str, policy: Policy = LOCAL) -> ModelInfo:
     """Hub models are read once per process (each expert's check compares against the same base);
-    local folders are read again each time, since they may change (the demo is built at first start)."""
+    local folders are read again each time, since they may change (the demo is built at first start).
+    Hosted, only Hub ids and the demos' folders are read, anonymously."""
     ref = ref.strip()
-    if is_repo_id(ref) and not Path(ref).expanduser().exists():
-        return _inspect_hub(ref)
-    return inspect_model(ref)
+    confinement = policy.confinement()
+    confinement.check_model(ref, ref if is_repo_id(ref) else "this model")
+    if is_repo_id(ref) and not (confinement.local_model(ref) and Path(ref).expanduser().exists()):
+        return _inspect_hub(ref, policy.hub_token())
+    return inspect_model(ref, confinement=None if confinement.open else confinement)
 
 
-def model_message(ref: str | None, base_ref: str | None = None) -> str:
+def model_message(ref: str | None, base_ref: str | None = None, policy: Policy = LOCAL) -> str:
     """One line about a model as soon as it is entered: what it is, and whether it fits the base."""
     if not ref or not ref.strip():
         return ""
     demo = demo_of(ref)
     if demo is not None and not demo.is_built():
-        return f"{PENDING} the demo's models are built on first use ({demo.build_note}); Run builds them and waits"
+        return f"{PENDING} the demo's models are {_demo_wait(demo, policy)}"
     try:
-        info = _inspect(ref)
+        info = _inspect(ref, policy)
+        too_big = _too_big(info, policy)
     except InputError as err:
-        return f"{PROBLEM} {err}"
+        return f"{PROBLEM} {policy.public(str(err))}"
+    if too_big:
+        return f"{PROBLEM} {policy.public(too_big)}"
     if not base_ref or not base_ref.strip() or base_ref.strip() == ref.strip():
         return f"{OK} {info.summary()}"
     try:
-        base = _inspect(base_ref)
+        base = _inspect(base_ref, policy)
     except InputError:
         return f"{OK} {info.summary()} · (the base could not be read, so it is not compared yet)"
-    return _fit_message(info, base)
+    return policy.public(_fit_message(info, base))
 
 
-def marked_problems(base_ref: str, experts: list["ExpertForm"]) -> list[str]:
+def _demo_wait(demo, policy: Policy) -> str:
+    if policy.hosted:
+        return f"being prepared by the server since it started ({demo.build_note}); try again in a few minutes"
+    return f"built on first use ({demo.build_note}); Run builds them and waits"
+
+
+def _too_big(info: ModelInfo, policy: Policy) -> str | None:
+    bound = policy.limits.model_parameters
+    if bound is not None and info.parameters > bound:
+        return (f"{info.ref}: {info.parameters / 1e6:.0f} M parameters, above the {policy.limits.profile} limit of "
+                f"{bound / 1e6:.0f} M")
+    return None
+
+
+def model_problems(refs: list[tuple[str, str]], policy: Policy) -> list[str]:
+    """Hosted: each model (who, ref) that cannot be admitted (not a Hub id or demo model, too large, not
+    readable); empty locally, where the run itself says what is wrong."""
+    if not policy.hosted:
+        return []
+    problems = []
+    for who, ref in refs:
+        try:
+            info = _inspect(ref, policy)
+        except InputError as err:
+            problems.append(f"{who}: {policy.public(str(err))}")
+            continue
+        too_big = _too_big(info, policy)
+        if too_big:
+            problems.append(f"{who}: {policy.public(too_big)}")
+    return problems
+
+
+def marked_problems(base_ref: str, experts: list["ExpertForm"], policy: Policy = LOCAL) -> list[str]:
     """What the form already marks ✘ on its models (the base, then each expert that has a model): Run refuses
     to start on them, in the same words, before any weight is loaded. A Hub model the check could not reach is
-    not counted (the run may still find it in the local cache)."""
+    not counted locally (the run may still find it in the local cache); hosted, every ✘ counts."""
     def refused(ref: str, note: str) -> bool:
         local = not is_repo_id(ref.strip()) or Path(ref.strip()).expanduser().exists()
-        return note.startswith(PROBLEM) and (local or "does not match the base" in note)
+        return note.startswith(PROBLEM) and (policy.hosted or local or "does not match the base" in note)
 
     problems = []
-    base_note = model_message(base_ref)
+    base_note = model_message(base_ref, policy=policy)
     if refused(base_ref, base_note):
         problems.append(f"base: {base_note[2:]}")
     for index, expert in enumerate(experts, 1):
-        note = model_message(expert.model, base_ref) if expert.model and expert.model.strip() else ""
+        note = model_message(expert.model, base_ref, policy) if expert.model and expert.model.strip() else ""
         if refused(expert.model or "", note):
             problems.append(f"expert {index} ({expert.name or expert.model}): {note[2:]}")
     return problems
@@ -86,7 +129,7 @@ def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     return f"{OK} {info.summary()} · matches the base"
 
 
-def evaluation_needs_labels(base_ref: str | None) -> bool:
+def evaluation_needs_labels(base_ref: str | None, policy: Policy = LOCAL) -> bool:
     """Evaluation samples need labels unless the base is a causal LM (scored by perplexity); when the base
     cannot be read yet, labels are asked for."""
     demo = demo_of(base_ref)
@@ -95,33 +138,44 @@ def evaluation_needs_labels(base_ref: str | None) -> bool:
     if not base_ref or not base_ref.strip():
         return True
     try:
-        return _inspect(base_ref).family != "causal-lm"
+        return _inspect(base_ref, policy).family != "causal-lm"
     except InputError:
         return True
 
 
-def sample_preview(path: str | None, need_labels: bool) -> tuple[list[list], str]:
-    """The first rows of a sample file and a count, or the reason it cannot be used."""
+def sample_preview(path: str | None, need_labels: bool, policy: Policy = LOCAL) -> tuple[list[list], str]:
+    """The first rows of a sample file and a count (its other records are counted, not parsed), or the
+    reason it cannot be used; messages name the file by its own name only."""
     if not path:
         return [], ""
     name = Path(path).name
+    max_bytes = policy.limits.sample_file_mb * 2**20
     try:
-        samples = read_samples(path, need_labels=need_labels)
+        policy.confinement().check_sample(path, name)
+        if Path(path).is_file() and Path(path).stat().st_size <= FULL_CHECK_BYTES:  # small: every record checked
+            samples = read_samples(path, need_labels=need_labels, name=name, max_bytes=max_bytes)
+            count, labels = len(samples), {s.label for s in samples if s.label is not None}
+            detail = f", {len(labels)} labels" if labels else ", unlabelled"
+        else:  # large: the first rows parsed, the rest only counted (the run reads the records it draws)
+            samples, count = preview_samples(path, PREVIEW_ROWS, need_labels, name=name, max_bytes=max_bytes)
+            detail = ", labelled" if any(s.label is not None for s in samples) else ", unlabelled"
     except InputError as err:
-        return [], f"{PROBLEM} {str(err).replace(str(path), name)}"
+        return [], f"{PROBLEM} {policy.public(str(err))}"
     rows = [[_describe(s), "" if s.label is None else str(s.label)] for s in samples[:PREVIEW_ROWS]]
-    labels = {s.label for s in samples if s.label is not None}
-    detail = f", {len(labels)} labels" if labels else ", unlabelled"
-    return rows, f"{OK} {name}: {len(samples)} samples{detail}"
+    return rows, f"{OK} {name}: {count} samples{detail}"
 
 
-def sample_thumbnails(path: str | None, count: int = PREVIEW_ROWS) -> list[tuple[Image.Image, str]]:
+def sample_thumbnails(path: str | None, count: int = PREVIEW_ROWS,
+                      policy: Policy = LOCAL) -> list[tuple[Image.Image, str]]:
     """A few images of a sample file or archive (a seeded random pick) with their labels; none for text
     samples or unreadable files."""
     if not path:
         return []
     try:
-        samples = read_samples(path, limit=count)
+        policy.confinement().check_sample(path, "samples")
+        if Path(path).suffix.lower() in (".txt", ".jsonl", ".csv"):
+            return []  # text, or a list naming image files: only archives and folders get thumbnails
+        samples = read_samples(path, limit=count, max_bytes=policy.limits.sample_file_mb * 2**20)
     except InputError:
         return []
     return [(open_rgb(s.image), "" if s.label is None else str(s.label)) for s in samples if s.image]

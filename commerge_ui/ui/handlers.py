@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..archives import extract_zip
 from ..config import MergeConfig, load_config
-from ..demo import unbuilt_demos
+from ..demo import demo_of, unbuilt_demos
+from ..hosting import FREE_SPACE, limit_problems
 from ..errors import InputError
 from ..hub import push_folder, search_models
 from ..methods import METHODS
 from ..report import verdict
 from . import plots
-from .form import ExpertForm, form_config
-from .marks import INFO, OK, PROBLEM, WARNING
+from .form import ExpertForm, form_config, model_problems
+from .marks import INFO, OK, PENDING, PROBLEM, WARNING
 from .session import RunProgress, Session, run_in_background
 
 MAX_EXPERTS = 8
@@ -53,23 +55,94 @@ def device_note() -> str:
             "the SmolLM2 demo much longer).")
 
 
-def hub_suggestions(query: str, base: str | None) -> tuple[list[str], str]:
-    """Model ids for a search box, and a note (empty, or that the Hub is offline)."""
+def hub_suggestions(query: str, base: str | None, policy=None) -> tuple[list[str], str]:
+    """Model ids for a search box, and a note (empty, or that the Hub is offline); hosted, asked anonymously."""
     try:
-        return search_models(query or "", base), ""
+        return search_models(query or "", base, token=None if policy is None else policy.hub_token()), ""
     except InputError as err:
         return [], f"{INFO} {err}"
 
 
-def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str) -> Iterator[RunProgress]:
-    """The run as the page sees it: builds the demo's models first if the config uses them and they are not
-    built yet (its log lines shown as they come), then merges."""
+def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str,
+                     bundle: Path | None = None) -> Iterator[RunProgress]:
+    """The run as the page sees it: admitted by the session's policy first (bounds, where inputs come from,
+    disk), then, locally, the demo's models built if the config uses them and they are not built yet (its
+    log lines shown as they come; hosted, the server prepares them at start-up and a visitor never does), then
+    the merge."""
+    try:
+        admit(session, config, bundle)
+    except InputError as err:
+        yield RunProgress(list(config.methods), error=f"{PROBLEM} {session.policy.public(str(err))}")
+        return
     for demo in unbuilt_demos(config):
+        if session.policy.hosted:
+            yield RunProgress(list(config.methods), error=f"{PENDING} the demo's models are being prepared by the "
+                              f"server since it started ({demo.build_note}); try again in a few minutes")
+            return
         waiting = RunProgress(list(config.methods), stage=f"building the demo's models (first use; {demo.build_note})…")
         yield from _while_building(demo.ensure, waiting)
         if waiting.error:
             return
-    yield from run_in_background(config, session, save=list(config.methods), device=device, dtype=dtype)
+    yield from run_in_background(config, session, save=list(config.methods), device=device, dtype=dtype,
+                                 bundle=bundle)
+
+
+def admit(session: Session, config: MergeConfig, bundle: Path | None = None) -> None:
+    """Refuse, before any weight is read, a run the session's policy does not allow (admission_problems), and
+    hosted a run whose models would not fit the disk budget."""
+    problems = admission_problems(session.policy, config, bundle)
+    if problems:
+        raise InputError(" · ".join(problems) + _profile_note(session.policy, problems))
+    if session.policy.hosted:
+        parameters = inspect_parameters(config.base, session.policy)
+        session.check_room(parameters * 4 * len(config.methods))  # float32 safetensors, one model per method
+
+
+def _profile_note(policy, problems: list[str]) -> str:
+    bounded = any("limit of" in p for p in problems)
+    return f" (this instance's limits fit {FREE_SPACE})" if policy.hosted and bounded else ""
+
+
+def admission_problems(policy, config: MergeConfig, bundle: Path | None = None, models: bool = True) -> list[str]:
+    """Every reason the policy refuses a run, listed at once: a value above its bounds (both profiles); hosted
+    also a sample file that is not the visitor's own upload (or the bundle's, or the demo's) or is too large,
+    and (with `models`) a model that is not a Hub id or a demo model, or is too large."""
+    problems = limit_problems(config, policy.limits)
+    if not policy.hosted:
+        return problems
+    confinement = policy.confinement(bundle)
+    for spec in config.experts:
+        for kind in ("calibration", "evaluation"):
+            path = getattr(spec, kind)
+            if not path:
+                continue
+            who = f"expert '{spec.name}': {kind} samples"
+            try:
+                confinement.check_sample(path, who)
+                if Path(path).is_file() and Path(path).stat().st_size > confinement.sample_bytes:
+                    raise InputError(f"{who} {Path(path).name}: larger than the {policy.limits.sample_file_mb} MiB "
+                                     "a hosted instance reads")
+            except InputError as err:
+                problems.append(str(err))
+    if not models:
+        return problems
+    refs = [("base", config.base), *((f"expert '{e.name}'", e.model) for e in config.experts)]
+    refused = []
+    for who, ref in refs:
+        try:
+            confinement.check_model(ref, who)
+        except InputError as err:
+            refused.append(str(err))
+    return problems + (refused or model_problems(refs, policy))
+
+
+def inspect_parameters(ref: str, policy) -> int:
+    from .form import _inspect
+
+    demo = demo_of(ref)
+    if demo is not None and not demo.is_built():
+        return 0
+    return _inspect(ref, policy).parameters
 
 
 def _while_building(build, waiting: RunProgress, every: float = 1.0) -> Iterator[RunProgress]:
@@ -131,40 +204,39 @@ def result_views(report: dict, shown: list[str], heat_method: str | None, normal
     )
 
 
-def config_from_upload(session: Session, path: str | None) -> MergeConfig:
+def config_from_upload(session: Session, path: str | None) -> tuple[MergeConfig, Path]:
     """A config.yaml, or a config bundle (.zip with config.yaml and its samples/), unpacked into the session's
-    folder; relative sample paths are read from there."""
+    folder by the one reader for untrusted archives (archives.extract_zip, within the policy's bounds);
+    relative sample paths are read from there. Returns the config and the folder its files may come from
+    (the bundle's, or the lone config.yaml's own)."""
     if not path:
         raise InputError("give a config.yaml or a config bundle (.zip)")
     upload = Path(path)
+    bundle = None
     if upload.suffix.lower() == ".zip":
-        target = session.folder / "uploaded-config"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        try:
-            with zipfile.ZipFile(upload) as bundle:
-                unsafe = [n for n in bundle.namelist() if not (target / n).resolve().is_relative_to(target.resolve())]
-                if unsafe:
-                    raise InputError(f"{upload.name}: unsafe path '{unsafe[0]}' in the zip")
-                bundle.extractall(target)
-        except zipfile.BadZipFile:
-            raise InputError(f"{upload.name}: not a readable zip") from None
-        upload = target / "config.yaml"
+        bundle = session.folder / "uploaded-config"
+        shutil.rmtree(bundle, ignore_errors=True)
+        extract_zip(upload, bundle, session.policy.limits.archive(), upload.name)
+        upload = bundle / "config.yaml"
         if not upload.is_file():
             raise InputError("the zip has no config.yaml at its top level (expected the app's config bundle)")
     elif upload.suffix.lower() not in (".yaml", ".yml"):
         raise InputError(f"{upload.name}: expected a config.yaml or a config bundle (.zip)")
-    return load_config(upload)
+    elif upload.stat().st_size > 1 * 2**20:
+        raise InputError(f"{upload.name}: a config file is at most 1 MiB")
+    else:
+        bundle = upload.parent  # a lone config's run reads only what lies beside it (and the demos)
+    return load_config(upload), bundle
 
 
 def run_config(session: Session, path: str | None, device: str, dtype: str) -> tuple[str, dict | None]:
     """The /run_config endpoint: a whole run from a config file or bundle; (status line, report or None)."""
     try:
-        config = config_from_upload(session, path)
+        config, bundle = config_from_upload(session, path)
     except InputError as err:
-        return f"{PROBLEM} {err}", None
+        return f"{PROBLEM} {session.policy.public(str(err))}", None
     last = None
-    for last in run_merge_events(session, config, device or "auto", dtype or "float32"):
+    for last in run_merge_events(session, config, device or "auto", dtype or "float32", bundle):
         pass
     if last is None or last.report is None:
         return (last.error if last is not None and last.error else f"{PROBLEM} the run stopped"), None

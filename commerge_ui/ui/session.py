@@ -6,6 +6,7 @@ keyed by Gradio's session hash; closing the page cancels a running merge and rem
 
 from __future__ import annotations
 
+import atexit
 import html
 import json
 import queue
@@ -21,6 +22,7 @@ from ..config import MergeConfig
 from ..engine import PHASE_DONE, PHASE_RUNNING, PHASES, ProgressEvent
 from ..errors import Cancelled, InputError, MergeError
 from ..export import atomic_folder, write_config_bundle
+from ..hosting import Policy
 from ..report import Report
 from .marks import PROBLEM
 from .plots import title_of
@@ -38,12 +40,15 @@ class KeptRun:
 
 
 class Session:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, policy: Policy | None = None, sessions: "Sessions | None" = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
+        self.policy = policy or Policy.local()
+        self.sessions = sessions  # for the app's disk budget
         self.cancel = threading.Event()
         self.running = False
         self.closed = False
         self.runs: list[KeptRun] = []
+        self.last_used = time.monotonic()
 
     def keep(self, report: Report) -> KeptRun:
         """Keep a finished run's report (in memory and as runs/run-<n>.json) for comparing runs."""
@@ -63,25 +68,58 @@ class Session:
         if self.closed and not self.running:
             shutil.rmtree(self.folder, ignore_errors=True)
 
+    def disk_usage(self) -> int:
+        return folder_bytes(self.folder)
+
+    def check_room(self, expected: int) -> None:
+        if self.sessions is not None:
+            self.sessions.check_room(self, expected)
+
     @property
     def run_folder(self) -> Path:
         return self.folder / "run"
 
 
-class Sessions:
-    """Every open session's state; thread-safe."""
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder` (links not followed)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
-    def __init__(self, root: Path | None = None) -> None:
+
+class Sessions:
+    """Every open session's state; thread-safe.
+
+    A session's folder goes when its page is closed (`close`), and any session idle for longer than the
+    policy's TTL goes with the sweeper (`sweep`, every `sweep_every` seconds once `start_sweeper` ran),
+    whatever route opened it: the page, the REST call route or the raw queue. A root this object made itself
+    is removed when the process exits.
+    """
+
+    def __init__(self, root: Path | None = None, policy: Policy | None = None, ttl: float | None = None) -> None:
+        self.policy = policy or Policy.local()
+        self.ttl = self.policy.limits.session_ttl_s if ttl is None else ttl
+        self.owns_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="commerge-"))
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+        if self.owns_root:
+            atexit.register(shutil.rmtree, self.root, True)
 
     def get(self, key: str) -> Session:
         with self._lock:
             if key not in self._sessions:
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._sessions[key] = Session(self.root)
-            return self._sessions[key]
+                self._sessions[key] = Session(self.root, self.policy, self)
+            session = self._sessions[key]
+            session.last_used = time.monotonic()
+            return session
 
     def close(self, key: str) -> None:
         """Cancel the session's run (it stops at the next layer group) and delete its files."""
@@ -91,6 +129,51 @@ class Sessions:
             session.closed = True
             session.cancel.set()
             session.remove_if_closed()  # a running merge removes it when it stops
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Close every session idle for longer than the TTL (a running one is busy, not idle), and remove
+        folders under the root that no session owns (left by a session closed while its run was writing)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [k for k, s in self._sessions.items() if not s.running and now - s.last_used > self.ttl]
+        for key in idle:
+            self.close(key)
+        with self._lock:
+            owned = {s.folder for s in self._sessions.values()}
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                if folder not in owned and folder.name.startswith("session-"):
+                    shutil.rmtree(folder, ignore_errors=True)
+        return idle
+
+    def start_sweeper(self, every: float = 60.0) -> None:
+        """Sweep in a daemon thread every `every` seconds (once per Sessions)."""
+        if self._sweeper is not None:
+            return
+
+        def loop() -> None:
+            while True:
+                time.sleep(every)
+                try:
+                    self.sweep()
+                except Exception:  # a sweep that fails (a file in use) is tried again next time
+                    continue
+
+        self._sweeper = threading.Thread(target=loop, name="commerge-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def disk_usage(self) -> int:
+        return folder_bytes(self.root) if self.root.is_dir() else 0
+
+    def check_room(self, session: Session, expected: int) -> None:
+        """Refuse a run whose expected output would push the session or the app over its disk budget."""
+        limits = self.policy.limits
+        for used, budget, whose in ((session.disk_usage(), limits.session_disk_gb, "this session's"),
+                                    (self.disk_usage(), limits.app_disk_gb, "the app's")):
+            if used + expected > budget * 2**30:
+                raise InputError(f"this run would write about {expected / 2**30:.1f} GiB, and {whose} disk budget "
+                                 f"of {budget:g} GiB has {max(budget * 2**30 - used, 0) / 2**30:.1f} GiB left; "
+                                 "run fewer methods or a smaller model")
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -240,12 +323,14 @@ def _duration(seconds: float) -> str:
 
 
 def run_in_background(config: MergeConfig, session: Session, save: list[str], device: str, dtype: str,
-                      token: str | None = None) -> Iterator[RunProgress]:
+                      token: str | None = None, bundle: Path | None = None) -> Iterator[RunProgress]:
     """Run the merge in a worker thread; yield the progress every half second, last with a report or error.
 
     The output goes to the session's run folder atomically: a failed or cancelled run leaves the previous
-    run's files as they were.
+    run's files as they were. The session's policy says which token reaches the Hub, where the inputs may
+    come from (`bundle`: an uploaded config bundle's folder) and what its messages may show.
     """
+    policy = session.policy
     from ..api import run_merge  # heavy imports only when a merge runs
 
     progress = RunProgress(list(config.methods))
@@ -256,20 +341,21 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
         outcome: tuple[str, object] = ("error", f"{PROBLEM} the run stopped unexpectedly")
         try:
             with atomic_folder(session.run_folder, force=True) as partial:
-                report = run_merge(config, out_dir=partial, save=save, device=device, dtype=dtype, token=token,
-                                   progress=lambda e: events.put(("event", e)),
-                                   cancel=session.cancel.is_set, log=lambda m: events.put(("log", m)))
+                report = run_merge(config, out_dir=partial, save=save, device=device, dtype=dtype,
+                                   token=policy.hub_token(token), progress=lambda e: events.put(("event", e)),
+                                   cancel=session.cancel.is_set, log=lambda m: events.put(("log", policy.public(m))),
+                                   confinement=policy.confinement(bundle))
                 write_config_bundle(config, partial)
             session.keep(report)
             outcome = ("report", report)
         except Cancelled:
             outcome = ("error", "Cancelled: nothing was written; the previous results are kept.")
         except InputError as err:
-            outcome = ("error", f"{PROBLEM} {err}")
+            outcome = ("error", f"{PROBLEM} {policy.public(str(err))}")
         except MergeError as err:
-            outcome = ("error", f"{PROBLEM} merge failed: {err}")
+            outcome = ("error", f"{PROBLEM} merge failed: {policy.public(str(err))}")
         except Exception as err:  # a bug or the environment: say what, keep the app up
-            outcome = ("error", f"{PROBLEM} unexpected {err.__class__.__name__}: {err}")
+            outcome = ("error", f"{PROBLEM} unexpected {err.__class__.__name__}: {policy.public(str(err))}")
         finally:  # the session is free (and a closed one's files gone) before the page hears the outcome
             session.running = False
             session.remove_if_closed()
