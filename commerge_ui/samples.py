@@ -49,10 +49,7 @@ def read_samples(path: str | Path, limit: int | None = None, seed: int = 0, need
         if not entries:
             raise InputError(f"{where}: no samples")
         if need_labels:
-            unlabelled = next((i for i, s in enumerate(entries) if s.label is None), None)
-            if unlabelled is not None:
-                raise InputError(f"{where}: sample {unlabelled + 1} has no label (evaluation samples need a 'label', "
-                                 "or class subfolders for images)")
+            _check_labels(entries, where)
         return [_loaded(e) for e in entries]
 
 
@@ -73,11 +70,15 @@ def preview_samples(path: str | Path, rows: int, need_labels: bool = False, name
     if not first:
         raise InputError(f"{where}: no samples")
     if need_labels:
-        unlabelled = next((i for i, s in enumerate(first) if s.label is None), None)
-        if unlabelled is not None:
-            raise InputError(f"{where}: sample {unlabelled + 1} has no label (evaluation samples need a 'label', "
-                             "or class subfolders for images)")
+        _check_labels(first, where)
     return first, count
+
+
+def _check_labels(entries: list, where: str) -> None:
+    unlabelled = next((i for i, s in enumerate(entries) if s.label is None), None)
+    if unlabelled is not None:
+        raise InputError(f"{where}: sample {unlabelled + 1} has no label (evaluation samples need a 'label', "
+                         "or class subfolders for images)")
 
 
 def _entries(path: Path, where: str, stack: ExitStack, max_bytes: int, limit: int | None,
@@ -252,6 +253,7 @@ def _csv_rows(lines: Iterator[str], source: str, parse: bool = True) -> Iterator
     """(where, row) per CSV record; a parse error or a record whose field count differs from the header's is
     refused with the line it starts on (an unterminated quote would otherwise swallow the rest of the file)."""
     reader = csv.reader(lines, strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:

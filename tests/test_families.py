@@ -2,6 +2,7 @@
 
 import json
 import math
+import zipfile
 
 import pytest
 import torch
@@ -235,9 +236,12 @@ def test_the_config_bundle_carries_image_folders_and_reruns(tmp_path):
     from commerge_ui.export import write_config_bundle
 
     setup = make_clip_setup(tmp_path / "clip")
+    (setup.calibration["task1"] / "id_rsa").write_text("not an image: it must not travel")
     bundle = tmp_path / "bundle"
     write_config_bundle(parse_config(setup.config(methods=["average"])), bundle)
-    assert sorted(p.name for p in (bundle / "samples" / "task1_calibration").iterdir()) == ["blue", "green", "red"]
+    with zipfile.ZipFile(bundle / "samples" / "task1_calibration.zip") as images:  # its images, and only those
+        names = images.namelist()
+    assert sorted({n.split("/")[0] for n in names}) == ["blue", "green", "red"] and not any("id_rsa" in n for n in names)
     assert cli_main(["merge", str(bundle / "config.yaml"), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["family"] == "image-classification"
 
@@ -251,7 +255,7 @@ def test_samples_of_the_wrong_kind_and_a_vision_only_base_are_refused(tmp_path):
         run_merge(parse_config(config))
     config = lm.config(methods=["average"])
     config["experts"][0]["calibration"] = str(clip.calibration["task0"])
-    with pytest.raises(InputError, match="causal-LM samples must be text"):
+    with pytest.raises(InputError, match="calibration samples are images; the base is a causal-lm model"):
         run_merge(parse_config(config))
     config = clip.config(methods=["average"], base=str(clip.experts["task1"]))  # a CLIPVisionModel
     with pytest.raises(InputError, match="the base must be a full CLIP model"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..demo import DEMO_CONFIG, DEMOS
+from ..demo import DEMO_CONFIG, DEMOS, demo_of
 from ..errors import InputError
 from ..hosting import HOSTED_LIMITS, Limits, Policy, hosted_from
 from ..methods import METHODS
@@ -141,10 +141,12 @@ class _Models:
 def _models_section(defaults: handlers.FormDefaults, config_path: Path, policy: Policy) -> _Models:
     gr.Markdown("### Models")
     current = next((d.key for d in DEMOS.values() if d.config == Path(config_path).resolve()), None)
-    demo = gr.Radio([(d.title, d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
+    titles = {d.key: f"{d.name} (prepared when the server starts)" if policy.hosted else d.title for d in DEMOS.values()}
+    where = "Hub id" if policy.hosted else "Hub id or local folder"
+    demo = gr.Radio([(titles[d.key], d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
                     value=current, elem_id="demo-choice")
     with gr.Row():
-        base = gr.Dropdown(label="Base model (Hub id or local folder)", choices=[defaults.base],
+        base = gr.Dropdown(label=f"Base model ({where})", choices=[_choice(defaults.base, policy)],
                            value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
         base_status = gr.Markdown(model_message(defaults.base, policy=policy), elem_id="base-status")
     hub_note = gr.Markdown("", elem_id="hub-note")
@@ -153,7 +155,7 @@ def _models_section(defaults: handlers.FormDefaults, config_path: Path, policy: 
     for k, row in enumerate(_padded(defaults.experts)):
         with gr.Row(visible=k < len(defaults.experts)) as card:
             names.append(gr.Textbox(row.name, label=f"Expert {k + 1}: task name", scale=1))
-            models.append(gr.Dropdown(label="model (Hub id or local folder)", choices=[row.model] if row.model else [],
+            models.append(gr.Dropdown(label=f"model ({where})", choices=[_choice(row.model, policy)] if row.model else [],
                                       value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
                                       elem_id=f"expert-{k}-model"))
             notes.append(gr.Markdown(model_message(row.model, defaults.base, policy) if row.model else "",
@@ -378,8 +380,9 @@ def _wire_models(models: _Models, samples: _Samples, run: _Run, policy: Policy) 
         d = handlers.defaults_from(DEMOS[key].config)
         filled = _padded(d.experts)
         o = d.options
-        return [gr.update(choices=[d.base], value=d.base), len(d.experts),
-                *(r.name for r in filled), *(gr.update(choices=[r.model] if r.model else [], value=r.model or None)
+        return [gr.update(choices=[_choice(d.base, policy)], value=d.base), len(d.experts),
+                *(r.name for r in filled), *(gr.update(choices=[_choice(r.model, policy)] if r.model else [],
+                                                       value=r.model or None)
                                              for r in filled),
                 *(r.calibration for r in filled), *(r.evaluation for r in filled), *(r.labels for r in filled),
                 o["alpha"], o["lambda"], o["calibration_samples"], o["max_length"], o["evaluation_samples"] or 0]
@@ -500,6 +503,13 @@ def _model_notes(policy: Policy, base_ref: str, *model_refs: str) -> list[str]:
     """On page load: the demo may have finished building since the page was made, so check the models again."""
     return [model_message(base_ref, policy=policy)] + [model_message(m, base_ref, policy) if m else ""
                                                        for m in model_refs]
+
+
+def _choice(ref: str, policy: Policy) -> tuple[str, str]:
+    """A model as the dropdown shows it: hosted, a demo's model by its demo and name, not its server path."""
+    demo = demo_of(ref)
+    shown = f"demo {demo.key}: {Path(ref).name}" if policy.hosted and demo is not None else ref
+    return shown, ref
 
 
 def _padded(experts: list[ExpertForm]) -> list[ExpertForm]:

@@ -60,7 +60,8 @@ def hub_suggestions(query: str, base: str | None, policy=None) -> tuple[list[str
     try:
         return search_models(query or "", base, token=None if policy is None else policy.hub_token()), ""
     except InputError as err:
-        return [], f"{INFO} {err}"
+        hosted = policy is not None and policy.hosted
+        return [], f"{INFO} {str(err).replace('; local folders still work', '') if hosted else err}"
 
 
 def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: str,
