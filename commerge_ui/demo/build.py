@@ -19,7 +19,17 @@ from pathlib import Path
 from ..errors import InputError
 from .tasks import CALIBRATION_SAMPLES, TASKS, load_split
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
+def bundle_root() -> Path:
+    """Where the demo's committed inputs (assets/, examples/) are: the checkout's root, or the copy an installed
+    package carries in commerge_ui/bundled/ (pyproject.toml); the built models go beside them."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "assets" / "demo" / "demo.yaml").is_file():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "bundled"
+
+
+ROOT = bundle_root()
+DEMO_DIR = ROOT / "assets" / "demo"
 DEMO_CONFIG = DEMO_DIR / "demo.yaml"
 BASE_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
               "special_tokens_map.json"]

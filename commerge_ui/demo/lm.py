@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .build import DEMO_DIR
+from .build import DEMO_DIR, ROOT
 from .smollm2 import STAMP as SMOLLM2, ensure_smollm2
 from .tasks import TASKS, load_split
 
-LM_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "smollm2-domains.yaml"
+LM_CONFIG = ROOT / "examples" / "smollm2-domains.yaml"
 LM_MODELS = DEMO_DIR / "lm-models"
 DOMAINS = ["tweets", "movies", "nyt", "dialogue", "language"]
 RECIPE = {"seed": 0, "steps": 50, "batch_size": 4, "lr": 1e-4, "max_length": 48, "frozen": "embeddings"}

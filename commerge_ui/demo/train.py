@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .build import DEMO_DIR
 from .tasks import TASKS, DemoTask, load_split
 
 RECIPE = {"seed": 0, "steps": 200, "batch_size": 16, "lr": 1e-4, "max_length": 64, "frozen": "embeddings"}
-EXPERTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo" / "experts"
+EXPERTS_DIR = DEMO_DIR / "experts"
 
 
 def fine_tune(base: Path, task: DemoTask, seed: int, device: str = "cpu", recipe: dict = RECIPE, log=print):
