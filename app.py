@@ -1,53 +1,7 @@
-"""The commerge_ui app: `python app.py` (also the entry point of the Hugging Face Space).
+"""The commerge_ui app: `python app.py --help` (also the entry point of the Hugging Face Space; installed, the
+same is `commerge app`). The options and what hosted mode means: commerge_ui/ui/serve.py, docs/hosting.md."""
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--trust-network] [--prepare auto|text|all|none]
-
-Local by default (127.0.0.1: local folders, the owner's Hub token, the local limits). Hosted (README,
-"Hosting") when SPACE_ID is set (a Space), when COMMERGE_HOSTED=1, or when --host is anything but loopback;
---trust-network serves local mode to a network you trust instead, and says so at start.
-"""
-
-import argparse
-import os
-import sys
-import threading
-
-from commerge_ui.demo import DEMOS
-from commerge_ui.hosting import hosted_from
-from commerge_ui.ui import build_app, launch
-
-
-def prepare(keys: list[str]) -> None:
-    """Build the demos' models in the background, one after the other (the page is up meanwhile). The text
-    demo takes seconds; the language-model demo fine-tunes five experts (minutes on a CPU)."""
-    for key in keys:
-        try:
-            DEMOS[key].ensure(lambda message: print(message, flush=True))
-        except Exception as err:  # the page says the demo is not ready; the app stays up
-            print(f"preparing the {key} demo failed: {err.__class__.__name__}: {err}", file=sys.stderr, flush=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="The commerge_ui app.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (anything but loopback runs hosted unless --trust-network)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--trust-network", action="store_true",
-                        help="serve local mode (server folders readable, the owner's Hub token used, local limits) "
-                             "on a non-loopback address: only for a network whose every user you trust")
-    parser.add_argument("--prepare", default=os.environ.get("COMMERGE_PREPARE", "auto"),
-                        choices=["auto", "text", "all", "none"],
-                        help="demos built at start-up in the background (auto: hosted all, else the text demo; "
-                             "hosted, a visitor never starts a build)")
-    args = parser.parse_args()
-    hosted = hosted_from(args.host, args.trust_network)
-    if not hosted and args.trust_network:
-        print(f"local mode on {args.host}: every visitor can read this machine's files and use its Hub token",
-              file=sys.stderr, flush=True)
-    keys = {"auto": list(DEMOS) if hosted else ["text"], "text": ["text"], "all": list(DEMOS), "none": []}[args.prepare]
-    threading.Thread(target=prepare, args=(keys,), daemon=True, name="demo-build").start()
-    launch(build_app(hosted=hosted), trust_network=args.trust_network, server_name=args.host, server_port=args.port)
-
+from commerge_ui.ui.serve import main
 
 if __name__ == "__main__":
     main()

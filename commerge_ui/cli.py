@@ -9,16 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from .config import load_config
-from .demo import unbuilt_demos
-from .engine import PHASE_RUNNING, ProgressEvent
+from . import __version__
 from .errors import Cancelled, InputError, MergeError
-from .export import atomic_folder, check_output_folder
+from .progress import PHASE_RUNNING, ProgressEvent
 from .report import in_percent, last_heldout, last_shift, verdict
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="commerge", description="Merge fine-tuned experts with Chain of Merges.")
+    parser.add_argument("--version", action="version", version=f"commerge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     merge = commands.add_parser("merge", help="merge the experts of a config and write a report")
     merge.add_argument("config", type=Path, help="the merge config (YAML)")
@@ -34,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown = merge.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="print only the summary")
     shown.add_argument("--verbose", action="store_true", help="also print every layer group and stage")
+    commands.add_parser("app", help="serve the app (python app.py: same options; see `commerge app --help`)",
+                        add_help=False)
     merge.add_argument("--json", action="store_true",
                        help="print the report as JSON on stdout instead of the table (progress stays on stderr)")
     return parser
@@ -128,10 +129,19 @@ def _describe(event: ProgressEvent) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["app"]:  # the app's own options (--host, --port, ...) are parsed by serve.main
+        from .ui.serve import main as serve
+
+        serve(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     printer = ProgressPrinter(quiet=args.quiet, verbose=args.verbose)
     try:
         from .api import run_merge  # heavy imports after argument parsing
+        from .config import load_config
+        from .demo import unbuilt_demos
+        from .export import atomic_folder, check_output_folder
 
         config = load_config(args.config)
         check_output_folder(args.out, _read_paths(args.config, config))

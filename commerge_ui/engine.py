@@ -31,6 +31,7 @@ from .layers import (LayerGroup, find_layer_groups, group_weight, has_bias, line
 from .methods import EXPERT_INPUTS, EXPERT_ON_MERGED, MERGED_INPUTS, Method
 from .lockstep import lockstep
 from .offload import Placement, on_device
+from .progress import PHASE_DONE, PHASE_RUNNING, PHASES, ProgressEvent  # noqa: F401 (re-exported)
 from .resources import PeakMemory
 from .solve import GroupInputs, TaskTerms, add_terms, augment, mean_weight, merge_layer_group, solve_layer_group
 from .sources import ModelSource
@@ -46,33 +47,6 @@ class EngineTask:
     source: ModelSource
     rows: slice  # this task's rows in the calibration batch
     weight: float = 1.0
-
-
-PHASES = ("references", "merge", "score", "shift", "save")
-# What a run is doing in each phase, and what it did, as the CLI and the page say it.
-PHASE_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring",
-                 "shift": "measuring the held-out shift", "save": "saving"}
-PHASE_DONE = {"references": "scored", "merge": "merged", "score": "scored", "shift": "held-out shift measured",
-              "save": "saved"}
-
-
-@dataclass
-class ProgressEvent:
-    """Where a run is. Phases, in order: "references" (the experts and the base scored, method ""), then per
-    method "merge" (layer groups), "score" (the merged model on each task), "shift" (blocks: the shift on the
-    evaluation samples, where measured) and "save". A phase has ended at step == total (for "merge", once
-    total > 0)."""
-
-    method: str
-    step: int  # units of the phase done: layer groups, models or tasks scored, blocks
-    total: int  # 0 at a merge's first event: not known until block 0's layer groups are found
-    label: str  # the unit just done (merge) or now running (the other phases)
-    phase: str = "merge"
-    detail: str = ""  # progress inside the unit (a micro-batch of a long layer group); step is unchanged
-
-    @property
-    def ends_phase(self) -> bool:
-        return self.step == self.total and (self.total > 0 or self.phase != "merge")
 
 
 @dataclass
