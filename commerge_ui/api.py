@@ -16,7 +16,7 @@ from .compat import check_expert, find_source, is_unchanged
 from .config import MergeConfig, MergeOptions
 from .engine import EngineTask, ProgressEvent, merge
 from .errors import Cancelled, InputError, MergeError, NonFiniteError
-from .export import model_card
+from .export import model_card, model_licence
 from .families import Family, detect_family
 from .families.base import EncodedSamples
 from .heldout import heldout_shift as measure_heldout
@@ -126,7 +126,7 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
             say(f"saving {METHODS[name].title}")
             notify(ProgressEvent(name, 0, 1, name, "save"))
             _save_model(loaded.family, loaded.backbone, loaded.processor, config, experts, name, reports[name],
-                        out_dir / name)
+                        out_dir / name, loaded.folder)
             notify(ProgressEvent(name, 1, 1, name, "save"))
 
     report = Report(
@@ -418,7 +418,7 @@ def _heldout_samples(family: Family, processor, experts: list[Expert], options: 
 
 
 def _save_model(family: Family, backbone: torch.nn.Module, processor, config: MergeConfig,
-                experts: list[Expert], method: str, result: MethodReport, folder: Path) -> None:
+                experts: list[Expert], method: str, result: MethodReport, folder: Path, base_folder: Path) -> None:
     shown = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()  # its per-shard bar would interrupt the run's own progress
     try:
@@ -429,7 +429,9 @@ def _save_model(family: Family, backbone: torch.nn.Module, processor, config: Me
     processor.save_pretrained(folder)
     for e in experts:
         family.save_task_head(e.source, folder / "heads" / e.name, e.labels)
+    licences = {config.base: model_licence(base_folder),
+                **{spec.model: model_licence(e.folder) for spec, e in zip(config.experts, experts)}}
     card = model_card(config.base, {e.name: e.model for e in config.experts},
                       method, METHODS[method].title, config.options.model_dump(by_alias=True),
-                      result.scores, result.normalized, family.metric, METHODS[method].paper)
+                      result.scores, result.normalized, family.metric, METHODS[method].paper, licences)
     (folder / "README.md").write_text(card, encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import io
+import re
 import shutil
 import uuid
 import zipfile
@@ -129,12 +130,28 @@ def _image_suffix(data: bytes | None) -> str:
         return (image.format or "png").lower()
 
 
+def model_licence(folder: Path) -> str | None:
+    """The licence a model's card declares (`license:` in its README.md front matter), if any."""
+    card = folder / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8")[:20_000] if card.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.match(r"---\s*\n(.*?)\n---", text, flags=re.DOTALL)
+    found = re.search(r"^license:\s*(\S+)\s*$", match.group(1), flags=re.MULTILINE) if match else None
+    return found.group(1).strip("'\"") if found else None
+
+
 def model_card(base: str, experts: dict[str, str], method: str, title: str, options: dict,
                scores: dict[str, float | None], normalized: dict[str, float | None], metric: str,
-               paper: str = "") -> str:
-    """README.md for a merged model: what was merged, how, and how it scored."""
+               paper: str = "", licences: dict[str, str | None] | None = None) -> str:
+    """README.md for a merged model: what was merged, how, how it scored, and the licences it inherits
+    (`licences`: model reference -> the licence its card declares; one shared licence goes in the front matter)."""
+    licences = licences or {}
+    known = {v for v in licences.values() if v}
+    shared = [f"license: {known.pop()}"] if len(known) == 1 and all(licences.values()) else []
     lines = [
-        "---", "library_name: transformers", "tags:", "- merge", "- commerge_ui", f"- {method}",
+        "---", "library_name: transformers", *shared, "tags:", "- merge", "- commerge_ui", f"- {method}",
         f"base_model: {base}", "---", "",
         f"# {title} merge of {len(experts)} experts", "",
         f"Merged with commerge_ui using **{title}** (`{method}`)" + (f"; method: {paper}." if paper else "."), "",
@@ -146,6 +163,10 @@ def model_card(base: str, experts: dict[str, str], method: str, title: str, opti
     lines += ["", f"## Scores ({metric})", "", "| task | score | normalized to expert |", "|---|---|---|"]
     lines += [f"| {t} | {_fmt(s)} | {_fmt(normalized.get(t))} |" for t, s in scores.items()]
     lines += ["", "Each task's head (when the family has one) is under `heads/<task>/`."]
+    lines += ["", "## Licence", "", "The merged weights are made from the base's and the experts'; their licences apply:", ""]
+    lines += [f"- `{ref}`: {licences.get(ref) or 'not declared in its card; see its source'}"
+              for ref in dict.fromkeys([base, *experts.values()])]
+    lines += ["", "commerge_ui, the tool that merged them, is under the Apache License 2.0."]
     return "\n".join(lines) + "\n"
 
 

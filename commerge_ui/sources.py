@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from .hosting import Confinement
 
 # Weights, configs and tokenizer files; pickle weights (.bin, .pt, .pth) are never fetched.
-HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "merges.txt"]
+HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.tiktoken", "merges.txt",
+                "README.md"]  # the card: its licence goes into the merged model's card
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
