@@ -19,7 +19,7 @@ its config pointing at DIR runs the study on them). Parts:
 - drift (with grid): besides each grid merge's calibration shift, its last block's output shift on the evaluation
   samples it is scored on (every report holds it: commerge_ui/heldout.py): does the correction carry over to
   text the merge never saw? A cell cached before reports held it is merged again;
-- options: at the last sample count (64 for the README's table), each seed, one option changed at a time for CoM
+- options: at the last sample count (64 for the results' table), each seed, one option changed at a time for CoM
   and RegMean alike (α 0.5, α 1.0, normalize none, CoM's target expert_weights, CoM's ridge regularisation;
   --variants picks some). An option only CoM reads is run for CoM alone; RegMean's row is then its defaults run;
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on),

@@ -1,4 +1,4 @@
-"""The merge config (README, "The command line"): a typed model, validated before any tensor is touched."""
+"""The merge config (docs/cli.md): a typed model, validated before any tensor is touched."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hosted or local: what a visitor may name, read and spend (README, "Hosting").
+"""Hosted or local: what a visitor may name, read and spend (docs/hosting.md).
 
 The app runs *hosted* when Hugging Face Spaces' SPACE_ID is set, when COMMERGE_HOSTED=1, or when it listens on
 anything but the loopback address (unless the owner says the network is trusted: --trust-network or

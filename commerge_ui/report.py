@@ -1,4 +1,4 @@
-"""The run's report (README, "The command line"): scores, normalized scores, per-layer shift, time and memory."""
+"""The run's report (docs/cli.md): scores, normalized scores, per-layer shift, time and memory."""
 
 from __future__ import annotations
 

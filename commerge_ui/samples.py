@@ -1,4 +1,4 @@
-"""Calibration and evaluation samples (README, "The command line"): .jsonl/.csv (a `text` or `image` column, optional
+"""Calibration and evaluation samples (docs/cli.md): .jsonl/.csv (a `text` or `image` column, optional
 `label`), .txt (one text per line), or images in a folder or .zip in class-subfolder layout."""
 
 from __future__ import annotations

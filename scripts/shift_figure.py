@@ -1,4 +1,4 @@
-"""Draw reports' covariate-shift curves to a PNG (README's figures; needs matplotlib). Methods from several
+"""Draw reports' covariate-shift curves to a PNG (the figures of README and docs/results.md; needs matplotlib). Methods from several
 reports of the same model and samples (e.g. the study's regression and data-free runs) share one plot.
 
     python scripts/shift_figure.py out/demo/report.json [more reports ...] assets/demo_shift.png

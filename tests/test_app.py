@@ -234,6 +234,9 @@ def test_demo_in_the_browser(demo_app, browser):
     assert page.locator("#heldout-plot .scatterlayer .trace").count() == 4  # calibration and held-out, per method
     assert "held-out shift (last block)" in page.inner_text("#run-status")
     page.locator("#heldout-plot").screenshot(path=str(SCREENSHOTS / "demo_heldout.png"))
+    page.locator("#run-status").scroll_into_view_if_needed()  # README's picture (assets/app_results.png)
+    page.evaluate("window.scrollBy(0, -60)")
+    page.screenshot(path=str(SCREENSHOTS / "readme_results.png"))
     assert "last-layer shift: Chain of Merges" in page.inner_text("#run-status")
     assert "★ best" in page.inner_text("#scores")
     assert page.locator("#heatmap .heatmaplayer, #heatmap .hm, #heatmap image").count() >= 1

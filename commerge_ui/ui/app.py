@@ -1,4 +1,4 @@
-"""The page: models → samples → run → results → export (README, "The app"). Layout and wiring only; every
+"""The page: models → samples → run → results → export (docs/app.md). Layout and wiring only; every
 handler calls a plain function from handlers.py, form.py or session.py."""
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ HELD_OUT = """**Does it carry over?** The curves above are measured on the calib
 the regression merges were fitted to: a merge can match the experts there and still drift on other text. Here
 each block's output is compared with the expert's on the calibration samples (solid) and on the evaluation
 samples (dashed), which no merge saw. A dashed line far above its solid one is in-sample fit; on the
-language-model demo CoM's does so (README, "The language-model demo")."""
+language-model demo CoM's does so (docs/results.md, "The language-model demo")."""
 
 
 def _results_section() -> _Results:
