@@ -63,6 +63,7 @@ class Limits(BaseModel):
     session_disk_gb: float = Field(gt=0)
     app_disk_gb: float = Field(gt=0)
     session_ttl_s: float = Field(gt=0, description="an idle session's files are removed after this")
+    run_seconds: float = Field(gt=0, description="a run still going after this long is cancelled")
 
     def archive(self) -> ArchiveLimits:
         return ArchiveLimits(self.bundle_entries, self.bundle_mb * 2**20, self.sample_file_mb * 2**20)
@@ -73,11 +74,13 @@ class Limits(BaseModel):
 HOSTED_LIMITS = Limits(profile="hosted", experts=8, calibration_samples=256, evaluation_samples=1000,
                        heldout_samples=256, max_length=256, batch_size=64, merge_batch=256, merge_memory_gb=4.0,
                        model_parameters=600_000_000, sample_file_mb=32, bundle_entries=5_000, bundle_mb=256,
-                       session_disk_gb=4.0, app_disk_gb=20.0, session_ttl_s=3600)
+                       session_disk_gb=4.0, app_disk_gb=20.0, session_ttl_s=3600,
+                       run_seconds=1800)
 LOCAL_LIMITS = Limits(profile="local", experts=64, calibration_samples=1_000_000, evaluation_samples=10_000_000,
                       heldout_samples=1_000_000, max_length=131_072, batch_size=65_536, merge_batch=1_000_000,
                       merge_memory_gb=4096.0, model_parameters=None, sample_file_mb=200, bundle_entries=200_000,
-                      bundle_mb=8192, session_disk_gb=1024.0, app_disk_gb=4096.0, session_ttl_s=24 * 3600)
+                      bundle_mb=8192, session_disk_gb=1024.0, app_disk_gb=4096.0, session_ttl_s=24 * 3600,
+                      run_seconds=7 * 24 * 3600)
 
 
 def limit_problems(config, limits: Limits) -> list[str]:

@@ -199,3 +199,38 @@ def test_idle_sessions_and_unowned_folders_are_swept_and_budgets_hold(tmp_path):
         busy.check_room(5 * 2**30)
     busy.check_room(2**20)
     assert os.path.isdir(busy.folder)
+
+
+def hosted_session(tmp_path, tiny, **limits):
+    """A hosted session whose allowed roots hold the tiny setup (standing in for the demos' folders)."""
+    pytest.importorskip("gradio")
+    from commerge_ui.ui.session import Sessions
+
+    policy = Policy(True, HOSTED_LIMITS.model_copy(update=limits), model_roots=(tiny.root,), data_roots=(tiny.root,))
+    return Sessions(tmp_path / "sessions", policy).get("visitor")
+
+
+def test_hosted_every_evaluation_sample_is_cut_to_the_limit_and_a_method_name_is_never_a_path(tiny, tmp_path):
+    from commerge_ui.ui import handlers
+
+    session = hosted_session(tmp_path, tiny)
+    config = parse_config(tiny.config(methods=["average"]))
+    assert config.options.evaluation_samples is None
+    assert handlers.admit(session, config).options.evaluation_samples == HOSTED_LIMITS.evaluation_samples
+    other = tmp_path / "sessions" / "session-other" / "run" / "com"
+    shutil.copytree(tiny.experts["task0"], other)
+    for method in ("../../session-other/run/com", "/etc", "com/../../session-other/run/com"):
+        with pytest.raises(InputError, match="run a merge first"):
+            handlers.zip_model(session, method)
+
+
+def test_hosted_a_run_past_its_time_limit_is_cancelled_and_says_why(tiny, tmp_path):
+    from commerge_ui.ui.session import run_in_background
+
+    session = hosted_session(tmp_path, tiny, run_seconds=0.05)
+    config = parse_config(tiny.config(methods=["com", "regmean", "average"]))
+    last = None
+    for last in run_in_background(config, session, save=[], device="cpu", dtype="float32"):
+        pass
+    assert last is not None and last.report is None
+    assert "ran past this instance's limit" in last.error and not session.run_folder.exists()

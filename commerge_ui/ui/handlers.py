@@ -71,7 +71,7 @@ def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: 
     log lines shown as they come; hosted, the server prepares them at start-up and a visitor never does), then
     the merge."""
     try:
-        admit(session, config, bundle)
+        config = admit(session, config, bundle)
     except InputError as err:
         yield RunProgress(list(config.methods), error=f"{PROBLEM} {session.policy.public(str(err))}")
         return
@@ -88,15 +88,21 @@ def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: 
                                  bundle=bundle)
 
 
-def admit(session: Session, config: MergeConfig, bundle: Path | None = None) -> None:
+def admit(session: Session, config: MergeConfig, bundle: Path | None = None) -> MergeConfig:
     """Refuse, before any weight is read, a run the session's policy does not allow (admission_problems), and
-    hosted a run whose models would not fit the disk budget."""
+    hosted a run whose models would not fit the disk budget. Returns the config to run: hosted, "every
+    evaluation sample" is cut to the limit (the report's options say so)."""
     problems = admission_problems(session.policy, config, bundle)
     if problems:
         raise InputError(" · ".join(problems) + _profile_note(session.policy, problems))
-    if session.policy.hosted:
-        parameters = inspect_parameters(config.base, session.policy)
-        session.check_room(parameters * 4 * len(config.methods))  # float32 safetensors, one model per method
+    if not session.policy.hosted:
+        return config
+    parameters = inspect_parameters(config.base, session.policy)
+    session.check_room(parameters * 4 * len(config.methods))  # float32 safetensors, one model per method
+    if config.options.evaluation_samples is None:
+        options = config.options.model_copy(update={"evaluation_samples": session.policy.limits.evaluation_samples})
+        config = config.model_copy(update={"options": options})
+    return config
 
 
 def _profile_note(policy, problems: list[str]) -> str:
@@ -271,8 +277,11 @@ def report_dict(progress: RunProgress) -> dict:
 
 
 def _merged_folder(session: Session, method: str | None) -> Path:
-    folder = session.run_folder / (method or "")
-    if not method or not (folder / "config.json").is_file():
+    """The session's merged model of `method`: a registered method's name, never a path of the caller's."""
+    if method not in METHODS:
+        raise InputError("run a merge first, then choose one of its methods")
+    folder = session.run_folder / method
+    if not (folder / "config.json").is_file():
         raise InputError("run a merge first, then choose one of its methods")
     return folder
 

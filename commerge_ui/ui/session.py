@@ -337,6 +337,9 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
     events: queue.Queue = queue.Queue()
     session.cancel.clear()
 
+    timer = threading.Timer(policy.limits.run_seconds, session.cancel.set)  # one run cannot hold the queue
+    timer.daemon = True
+
     def work() -> None:
         outcome: tuple[str, object] = ("error", f"{PROBLEM} the run stopped unexpectedly")
         try:
@@ -349,7 +352,9 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
             session.keep(report)
             outcome = ("report", report)
         except Cancelled:
-            outcome = ("error", "Cancelled: nothing was written; the previous results are kept.")
+            over = " (it ran past this instance's limit of " + _duration(policy.limits.run_seconds) + " per run)"
+            outcome = ("error", "Cancelled" + (over if not timer.is_alive() and not session.closed else "")
+                       + ": nothing was written; the previous results are kept.")
         except InputError as err:
             outcome = ("error", f"{PROBLEM} {policy.public(str(err))}")
         except MergeError as err:
@@ -357,12 +362,14 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
         except Exception as err:  # a bug or the environment: say what, keep the app up
             outcome = ("error", f"{PROBLEM} unexpected {err.__class__.__name__}: {policy.public(str(err))}")
         finally:  # the session is free (and a closed one's files gone) before the page hears the outcome
+            timer.cancel()
             session.running = False
             session.remove_if_closed()
             events.put(outcome)
 
     session.running = True
     worker = threading.Thread(target=work, name="commerge-run", daemon=True)
+    timer.start()
     worker.start()
     last_yield = time.perf_counter()
     try:
