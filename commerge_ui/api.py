@@ -361,9 +361,9 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
     scored = [e for e in experts if e.evaluation is not None]
     scores: dict[str, float | None] = {e.name: None for e in experts}
     for done, e in enumerate(scored):
-        notify(ProgressEvent(method.name, done, len(scored), e.name, "score"))
+        notify(ProgressEvent(method.name, done, len(scored), e.name, "score", seconds=seconds if done == 0 else None))
         scores[e.name] = scorer.score(e, with_backbone=True)
-    notify(ProgressEvent(method.name, len(scored), len(scored), "", "score"))
+    notify(ProgressEvent(method.name, len(scored), len(scored), "", "score", seconds=None if scored else seconds))
     score_seconds = time.perf_counter() - began - seconds
     heldout_shift: dict[str, list[float]] = {}
     if heldout is not None and (method.regression or config.options.data_free_shift):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import os
 import sys
 import time
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--verbose", action="store_true", help="also print every layer group and stage")
     commands.add_parser("app", help="serve the app (python app.py: same options; see `commerge app --help`)",
                         add_help=False)
+    merge.add_argument("--wide", action="store_true",
+                       help="print the table at full width (default: it fits 100 columns, task names abbreviated)")
     merge.add_argument("--json", action="store_true",
                        help="print the report as JSON on stdout instead of the table (progress stays on stderr)")
     return parser
@@ -55,11 +58,15 @@ class ProgressPrinter:
 
     def __call__(self, event: ProgressEvent) -> None:
         key = (event.method, event.phase)
+        if event.seconds is not None:
+            self.merge_seconds[event.method] = event.seconds  # the report's clock, not this printer's
         if key != self.key:
             if self.pending and key != (self.pending[0], "shift"):
                 self.flush()
             self._close()
             self.key, self.began = key, time.perf_counter()
+            if not self.live and not event.ends_phase:  # in a file or a pipe: a line as each phase starts
+                self._print(f"{_describe(event)}…")
             if self.live and not self.quiet:
                 from tqdm import tqdm
 
@@ -81,7 +88,7 @@ class ProgressPrinter:
         if event.phase == "references" and event.total:
             self._print(f"scored the experts and the base ({event.total} models) in {seconds:.1f}s")
         elif event.phase == "merge":
-            self.merge_seconds[event.method] = seconds
+            self.merge_seconds.setdefault(event.method, seconds)
         elif event.phase == "score":
             merged = self.merge_seconds.get(event.method, 0.0)
             scored = f", scored {event.total} tasks in {seconds:.1f}s" if event.total else ""
@@ -173,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(report.to_json())
         return 0
-    print(summary(report.to_json()), end="")
-    print("verdict: " + verdict(json.loads(report.to_json())))
+    print(summary(report.to_json(), wide=args.wide), end="")
+    print(wrap_verdict("verdict: " + verdict(json.loads(report.to_json())), None if args.wide else WIDTH))
     print(f"wrote {args.out}/report.json" + "".join(f" and {args.out}/{m}/" for m in save))
     return 0
 
@@ -186,28 +193,57 @@ def _read_paths(config_file: Path, config) -> list[Path]:
     return [config_file, *(Path(r) for r in refs if Path(r).expanduser().exists())]
 
 
-def summary(report_json: str) -> str:
+WIDTH = 100  # the table and the verdict fit this many columns unless --wide
+
+
+def summary(report_json: str, wide: bool = False) -> str:
     """A short score and shift table for the terminal: accuracy in %, perplexity as is, one decimal; the
-    normalized average in % of the experts; the merge's own seconds (scoring excluded)."""
+    normalized average in % of the experts; the merge's own seconds (scoring excluded). It fits WIDTH columns
+    (task names cut to their column) unless `wide`; the base's row and the experts' come first."""
     report = json.loads(report_json)
     tasks = list(report["experts"])
     percent = in_percent(report)
+    fixed = 12 + 8 + 7 + 8 + 9 + 6  # method, avg, norm, shift@last, held-out, sec
+    longest = max([len(t) for t in tasks] + [12]) + 1
+    column = longest if wide else max(7, min(13, (WIDTH - fixed) // max(len(tasks), 1)))
 
     def fmt(value: float | None, scale: bool = percent) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}" if scale else f"{value:.1f}"
 
-    lines = [f"scores ({report.get('metric', 'score')}{', %' if percent else ''}); norm: % of the experts' score; "
-             "shift@last: last layer group, mean over tasks; held-out: last block's shift on the evaluation "
-             "samples; sec: the merge alone",
-             f"{'method':<16}" + "".join(f"{t[:12]:>13}" for t in tasks) + f"{'avg':>9}{'norm':>8}{'shift@last':>12}"
-             f"{'held-out':>10}{'sec':>8}"]
-    lines.append(f"{'expert':<16}" + "".join(f"{fmt(report['experts'][t]['score']):>13}" for t in tasks))
+    def row(name: str, scores: list, rest: str = "") -> str:
+        return f"{name if wide else name[:11]:<12}" + "".join(f"{fmt(v):>{column}}" for v in scores) + rest
+
+    legend = (f"scores ({report.get('metric', 'score')}{', %' if percent else ''}); norm: % of the experts' score; "
+              "shift@last: last layer group, mean over tasks; held-out: last block's shift on the evaluation "
+              "samples; sec: the merge alone")
+    lines = [legend] if wide else textwrap.wrap(legend, WIDTH)
+    lines.append(f"{'method':<12}" + "".join(f"{t[:column - 1]:>{column}}" for t in tasks)
+                 + f"{'avg':>8}{'norm':>7}{'shift@l':>8}{'held':>9}{'sec':>6}")
+    base = report.get("base", {}).get("scores") or {}
+    if any(v is not None for v in base.values()):
+        lines.append(row("base", [base.get(t) for t in tasks]))
+    lines.append(row("expert", [report["experts"][t]["score"] for t in tasks]))
     for name, m in report["methods"].items():
         shift, held = (float("nan") if v is None else v for v in (last_shift(m), last_heldout(m)))
-        lines.append(f"{name:<16}" + "".join(f"{fmt(m['scores'][t]):>13}" for t in tasks)
-                     + f"{fmt(m['average_score']):>9}{fmt(m['average_normalized'], True):>8}{shift:>12.3f}"
-                       f"{held:>10.3f}{m['seconds']:>8.1f}")
+        lines.append(row(name, [m["scores"][t] for t in tasks],
+                         f"{fmt(m['average_score']):>8}{fmt(m['average_normalized'], True):>7}{shift:>8.3f}"
+                         f"{held:>9.3f}{m['seconds']:>6.1f}"))
     return "\n".join(lines) + "\n"
+
+
+def wrap_verdict(text: str, width: int | None) -> str:
+    """The verdict, broken at its ' · ' separators into lines of at most `width` (None: one line)."""
+    if width is None or len(text) <= width:
+        return text
+    lines, current = [], ""
+    for part in text.split(" · "):
+        candidate = f"{current} · {part}" if current else part
+        if current and len(candidate) > width:
+            lines.append(current)
+            current = "  " + part
+        else:
+            current = candidate
+    return "\n".join([*lines, current])
 
 
 if __name__ == "__main__":

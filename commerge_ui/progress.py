@@ -25,6 +25,7 @@ class ProgressEvent:
     label: str  # the unit just done (merge) or now running (the other phases)
     phase: str = "merge"
     detail: str = ""  # progress inside the unit (a micro-batch of a long layer group); step is unchanged
+    seconds: float | None = None  # on a method's first "score" event: its merge time as the report states it
 
     @property
     def ends_phase(self) -> bool:

@@ -99,18 +99,57 @@ def test_task_model_reproduces_the_reported_score(round_trip, tiny):
 
 
 def test_default_output_is_one_line_per_phase_and_the_table(round_trip, tiny):
-    """5 methods, 3 tasks: the references line, a line per method with its merge, scoring and held-out shift
-    times, the table."""
+    """5 methods, 3 tasks, output to a pipe: a line as each phase starts ("…"), the references line, a line per
+    method with its merge, scoring and held-out shift times, then the table and the verdict."""
     _, done = round_trip
-    err = done.stderr.strip().splitlines()
+    lines = done.stderr.strip().splitlines()
+    started, err = [l for l in lines if l.endswith("…")], [l for l in lines if not l.endswith("…")]
+    assert lines[0] == "experts and base: scoring…" and "com: merging…" in started and "com: saving…" in started
     assert err[0].startswith("scored the experts and the base (6 models) in ")
     assert [line.split(":")[0] for line in err[1:]] == ["com", "regmean", "task_arithmetic", "ties", "average"]
     assert all(re.fullmatch(r"\w+: merged in \d+\.\ds, scored 3 tasks in \d+\.\ds, held-out shift in \d+\.\ds", line)
                for line in err[1:]), err
     assert len(err) + len(done.stdout.strip().splitlines()) <= 20
     table = done.stdout.splitlines()
-    expert = json.loads((round_trip[0] / "report.json").read_text())["experts"]["task0"]["score"]
-    assert table[2].split()[:2] == ["expert", f"{100 * expert:.1f}"]  # accuracy in %, one decimal
+    report = json.loads((round_trip[0] / "report.json").read_text())
+    expert = next(line for line in table if line.startswith("expert"))
+    assert expert.split()[:2] == ["expert", f"{100 * report['experts']['task0']['score']:.1f}"]  # %, one decimal
+    base = next(line for line in table if line.startswith("base"))
+    assert base.split()[1] == f"{100 * report['base']['scores']['task0']:.1f}"
+    # one clock: the table's `sec` is the stderr line's merge time is the report's
+    for method, data in report["methods"].items():
+        said = next(l for l in err if l.startswith(f"{method}: merged in"))
+        row = next(l for l in table if l.startswith(method[:11] + " "))
+        assert said.split("merged in ")[1].split("s,")[0] == row.split()[-1] == f"{data['seconds']:.1f}"
+    assert max(len(l) for l in done.stdout.splitlines() if not l.startswith("wrote ")) <= 100
+
+
+def test_a_wide_config_fits_100_columns_unless_wide(tmp_path):
+    from conftest import make_setup
+
+    setup = make_setup(tmp_path / "six", n_experts=6, layers=1)
+    names = {f"task{k}": f"sentiment_of_reviews_{k}" for k in range(6)}
+    data = setup.config(methods=["average", "task_arithmetic"])
+    for expert in data["experts"]:
+        expert["name"] = names[expert["name"]]
+    config = tmp_path / "six.yaml"
+    config.write_text(json.dumps(data))
+    narrow = commerge("merge", config, "--out", tmp_path / "a", "--device", "cpu")
+    wide = commerge("merge", config, "--out", tmp_path / "b", "--device", "cpu", "--wide")
+    assert narrow.returncode == 0 and wide.returncode == 0, narrow.stderr
+    assert max(len(l) for l in narrow.stdout.splitlines() if not l.startswith("wrote ")) <= 100
+    assert max(map(len, wide.stdout.splitlines())) > 100 and "sentiment_of_reviews_5" in wide.stdout
+
+
+def test_help_and_version_are_light():
+    probe = ("import sys, contextlib, io\nfrom commerge_ui.cli import main\n"
+             "for args in (['--help'], ['--version'], ['merge', '--help']):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()):\n"
+             "        try:\n            main(args)\n        except SystemExit:\n            pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert commerge("--version").stdout.startswith("commerge 0.")
 
 
 def test_verbose_prints_every_layer_group_and_json_parses(tiny, tmp_path):
