@@ -71,6 +71,29 @@ def last_shift(method: dict) -> float | None:
     return mean([values[-1] for values in method["shift"].values() if values])
 
 
+IN_SAMPLE = 1.5  # a held-out shift above this multiple of the calibration one is called out in the verdict
+
+
+def mean_shift(method: dict) -> float | None:
+    """A method's shift over the whole curve: the mean over layer groups, mean over tasks."""
+    return mean([sum(values) / len(values) for values in method["shift"].values() if values])
+
+
+def worst_shift(method: dict) -> float | None:
+    """The largest of a method's mean-over-tasks shifts over its layer groups."""
+    curves = [values for values in method["shift"].values() if values]
+    if not curves:
+        return None
+    return max(sum(column) / len(column) for column in zip(*curves))
+
+
+def last_block_shift(method: dict) -> float | None:
+    """The shift at the last block's output on the calibration samples (where the held-out one is measured);
+    the last layer group's where the report has no block shifts."""
+    blocks = mean([values[-1] for values in (method.get("block_shift") or {}).values() if values])
+    return blocks if blocks is not None else last_shift(method)
+
+
 def last_heldout(method: dict) -> float | None:
     """A method's held-out shift at the last block's output, mean over the tasks measured (report.json form)."""
     return mean([values[-1] for values in method.get("heldout_shift", {}).values() if values])
@@ -106,6 +129,12 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
         shifts = " / ".join(f"{name(m)} {last[m]:.3f}" for m in rivals)
         ratio = last[rivals[0]] / last["com"] if last["com"] else float("inf")
         parts.append(f"last-layer shift: {name('com')} {last['com']:.3f} vs {shifts} " + _times(ratio, name(rivals[0])))
+        whole = {m: mean_shift(report["methods"][m]) for m in ("com", *rivals)}
+        ratio = whole[rivals[0]] / whole["com"] if whole["com"] else float("inf")
+        worst = {m: worst_shift(report["methods"][m]) for m in ("com", *rivals)}
+        parts.append(f"mean over layers: {name('com')} {whole['com']:.3f} vs "
+                     + " / ".join(f"{name(m)} {whole[m]:.3f}" for m in rivals) + " " + _times(ratio, name(rivals[0]))
+                     + f", worst layer {name('com')} {worst['com']:.3f} vs {name(rivals[0])} {worst[rivals[0]]:.3f}")
     held = {m: last_heldout(r) for m, r in report["methods"].items()}
     rivals = [m for m in ("regmean", "regmean_plusplus") if held.get(m) is not None]
     if held.get("com") is not None and rivals:
@@ -113,6 +142,11 @@ def verdict(report: dict, titles: dict[str, str] | None = None) -> str:
         ratio = held[rivals[0]] / held["com"] if held["com"] else float("inf")
         parts.append(f"held-out shift (last block): {name('com')} {held['com']:.3f} vs {shifts} "
                      + _times(ratio, name(rivals[0])))
+    for method, result in report["methods"].items():  # where the calibration curve flatters a merge, say so
+        calibration = last_block_shift(result)
+        if held.get(method) is not None and calibration and held[method] > IN_SAMPLE * calibration:
+            parts.append(f"{name(method)}'s held-out shift is {held[method] / calibration:.1f}× its calibration "
+                         "one at the last block: its calibration curve overstates the match")
     worse = min if report["higher_is_better"] else max
     if len(set(averages.values())) > 1 and experts is not None:
         worst = worse(averages, key=averages.__getitem__)

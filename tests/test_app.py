@@ -312,4 +312,12 @@ def test_bad_input_in_the_browser_is_shown_next_to_its_cause(demo_app, browser, 
     page.screenshot(path=str(SCREENSHOTS / "bad_input.png"), full_page=True)
     assert "✘" in page.inner_text("#samples-2-status")
     assert "✘" not in page.inner_text("#expert-0-status")  # each message sits next to its own cause
+    # Run names every problem at once, each by its expert and its own file, no server path
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#run-status').innerText.includes('fix what the form marks')")
+    status = page.inner_text("#run-status")
+    assert "expert 2 (movies): " in status and "hidden size 48" in status
+    assert "expert 1 (tweets), calibration samples: empty.txt: no samples" in status
+    assert "expert 3 (amazon), evaluation samples: broken.csv:3: malformed CSV" in status
+    assert str(tmp_path) not in status and "/tmp/" not in status.replace(str(tmp_path / "wide"), "")
     page.close()

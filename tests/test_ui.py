@@ -1,6 +1,7 @@
 """The app's handlers as plain functions: form checks, config building, the background run, views, export."""
 
 import json
+import re
 import shutil
 import threading
 import zipfile
@@ -178,8 +179,9 @@ def test_runs_are_kept_and_compared(finished, tiny):
         sum(v[-1] for v in com[labels[1]]["shift"].values()) / len(com[labels[1]]["shift"]))
     assert list(table["run"]) == [labels[0], labels[0], labels[1], labels[1]]
     assert table["shift at last layer"][0] != table["shift at last layer"][2]  # α changed CoM's drift
-    assert table["held-out shift, last block"][2] == pytest.approx(
-        sum(v[-1] for v in com[labels[1]]["heldout_shift"].values()) / len(com[labels[1]]["heldout_shift"]), abs=1e-4)
+    held = sum(v[-1] for v in com[labels[1]]["heldout_shift"].values()) / len(com[labels[1]]["heldout_shift"])
+    assert table["held-out shift, last block"][2] == f"{held:.3f}"  # text: every cell shows its decimals
+    assert all(re.fullmatch(r"\d+\.\d", v) for v in table["average score"])  # "75.0", never "75"
     with zipfile.ZipFile(archive) as bundle:
         assert sorted(bundle.namelist()) == ["run-1.json", "run-2.json"]
         assert json.loads(bundle.read("run-2.json"))["options"]["alpha"] == 0.5
@@ -378,13 +380,17 @@ def test_verdict_by_hand():
               "experts": {"a": {"score": 0.9}, "b": {"score": 0.7}},
               "methods": {"com": method(0.78, 0.05), "regmean": method(0.79, 0.4), "average": method(0.62, 0.8)}}
     assert verdict(report) == ("best average accuracy: regmean 79.0 % (experts 80.0 %) · last-layer shift: com "
-                               "0.050 vs regmean 0.400 (8.0× lower than regmean) · worst: average 62.0 %, 18.0 points below "
-                               "the experts")
+                               "0.050 vs regmean 0.400 (8.0× lower than regmean) · mean over layers: com 0.033 vs "
+                               "regmean 0.208 (6.4× lower than regmean), worst layer com 0.050 vs regmean 0.400 · "
+                               "worst: average 62.0 %, 18.0 points below the experts")
     lm = {**report, "metric": "perplexity", "higher_is_better": False,
           "experts": {"a": {"score": 20.0}, "b": {"score": 40.0}},
           "methods": {"com": {**method(35.0, 0.1), "heldout_shift": {"a": [0.1, 0.2], "b": [0.3, 0.4]}},
                       "regmean": {**method(33.0, 0.2), "heldout_shift": {"a": [0.1, 0.1], "b": [0.1, 0.1]}}}}
     assert verdict(lm, {"com": "CoM"}) == ("best mean perplexity: regmean 33.0 (experts 30.0) · last-layer shift: "
-                                           "CoM 0.100 vs regmean 0.200 (2.0× lower than regmean) · held-out shift "
-                                           "(last block): CoM 0.300 vs regmean 0.100 (3.0× higher than regmean) · "
-                                           "worst: CoM 35.0, +5.0 perplexity vs the experts")
+                                           "CoM 0.100 vs regmean 0.200 (2.0× lower than regmean) · mean over layers: "
+                                           "CoM 0.058 vs regmean 0.108 (1.9× lower than regmean), worst layer CoM "
+                                           "0.100 vs regmean 0.200 · held-out shift (last block): CoM 0.300 vs "
+                                           "regmean 0.100 (3.0× higher than regmean) · CoM's held-out shift is 3.0× "
+                                           "its calibration one at the last block: its calibration curve overstates "
+                                           "the match · worst: CoM 35.0, +5.0 perplexity vs the experts")

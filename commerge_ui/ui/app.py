@@ -14,8 +14,8 @@ from ..errors import InputError
 from ..hosting import HOSTED_LIMITS, Limits, Policy, hosted_from
 from ..methods import METHODS
 from . import handlers
-from .form import (ExpertForm, evaluation_needs_labels, marked_problems, model_message, sample_preview,
-                   sample_thumbnails)
+from .form import (ExpertForm, evaluation_needs_labels, marked_problems, marked_sample_problems, model_message,
+                   sample_preview, sample_thumbnails)
 from .handlers import DEFAULT_METHODS, MAX_EXPERTS
 from .marks import PROBLEM, STOPPING
 from .session import Sessions
@@ -26,6 +26,7 @@ CSS = """
 .cm-progress-row {display: grid; grid-template-columns: 10em 14em 1fr; gap: .8em; align-items: center; margin: .2em 0}
 .cm-progress-row progress {width: 100%}
 .cm-stage {margin: .2em 0; opacity: .8}
+.cm-note {overflow-wrap: break-word}
 """
 INTRO = """# Chain of Merges: merge fine-tuned experts and see why it works
 Pick a base model and experts fine-tuned from it, give each expert a few calibration samples, and compare
@@ -44,7 +45,12 @@ HOSTED_NOTE = """
 the demos, samples from files you upload, and each run is bounded to fit a small CPU machine. Your files
 are removed when you leave or after an hour. Run it on your own machine (`python app.py`) for local folders,
 GPUs and larger runs.*"""
+SHOW_VERDICT = ("() => { const el = document.querySelector('#run-status');"
+                " if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'}); }")  # a run's end: the verdict in view
 INPUTS = "Models and samples: the demo's base and experts are loaded (open to choose another demo or your own)"
+
+
+IDLE_CANCEL = gr.update(interactive=False, variant="secondary")
 
 
 def _gpu(fn):
@@ -132,7 +138,7 @@ class _Models:
     base_status: gr.Markdown
     hub_note: gr.Markdown
     count: gr.Slider
-    cards: list[gr.Row]
+    cards: list[gr.Group]
     names: list[gr.Textbox]
     models: list[gr.Dropdown]
     notes: list[gr.Markdown]
@@ -145,21 +151,23 @@ def _models_section(defaults: handlers.FormDefaults, config_path: Path, policy: 
     where = "Hub id" if policy.hosted else "Hub id or local folder"
     demo = gr.Radio([(titles[d.key], d.key) for d in DEMOS.values()], label="Offline demos (fill the form)",
                     value=current, elem_id="demo-choice")
-    with gr.Row():
-        base = gr.Dropdown(label=f"Base model ({where})", choices=[_choice(defaults.base, policy)],
-                           value=defaults.base, allow_custom_value=True, filterable=True, scale=3)
-        base_status = gr.Markdown(model_message(defaults.base, policy=policy), elem_id="base-status")
+    base = gr.Dropdown(label=f"Base model ({where})", choices=[_choice(defaults.base, policy)],
+                       value=defaults.base, allow_custom_value=True, filterable=True)
+    base_status = gr.Markdown(model_message(defaults.base, policy=policy), elem_id="base-status")  # full width
     hub_note = gr.Markdown("", elem_id="hub-note")
     count = gr.Slider(1, MAX_EXPERTS, value=len(defaults.experts), step=1, label="Number of experts")
     cards, names, models, notes = [], [], [], []
     for k, row in enumerate(_padded(defaults.experts)):
-        with gr.Row(visible=k < len(defaults.experts)) as card:
-            names.append(gr.Textbox(row.name, label=f"Expert {k + 1}: task name", scale=1))
-            models.append(gr.Dropdown(label=f"model ({where})", choices=[_choice(row.model, policy)] if row.model else [],
-                                      value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
-                                      elem_id=f"expert-{k}-model"))
+        with gr.Group(visible=k < len(defaults.experts)) as card:
+            with gr.Row():
+                names.append(gr.Textbox(row.name, label=f"Expert {k + 1}: task name", scale=1))
+                models.append(gr.Dropdown(label=f"model ({where})",
+                                          choices=[_choice(row.model, policy)] if row.model else [],
+                                          value=row.model or None, allow_custom_value=True, filterable=True, scale=3,
+                                          elem_id=f"expert-{k}-model"))
+            # under the row, full width: a mismatch names tensors, which a side column would break mid-word
             notes.append(gr.Markdown(model_message(row.model, defaults.base, policy) if row.model else "",
-                                     elem_id=f"expert-{k}-status"))
+                                     elem_id=f"expert-{k}-status", elem_classes="cm-note"))
         cards.append(card)
     return _Models(demo, base, base_status, hub_note, count, cards, names, models, notes)
 
@@ -239,7 +247,7 @@ def _run_section(options: dict, limits: Limits) -> _Run:
         dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="dtype")
     with gr.Row():
         run = gr.Button("Run", variant="primary", elem_id="run")
-        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+        cancel = gr.Button("Cancel", variant="secondary", interactive=False, elem_id="cancel")  # live while a run goes
     progress = gr.HTML("", elem_id="progress")
     return _Run(methods, alpha, task_lambda, samples, max_length, evaluation_samples, device, dtype, run, cancel,
                 progress)
@@ -415,7 +423,7 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
               compare: _Compare, export: _Export) -> None:
     form_inputs = [models.base, models.count, *models.names, *models.models, *samples.calibrations,
                    *samples.evaluations, *samples.class_names, run.methods, *run.options(), run.device, run.dtype]
-    run_outputs = [run.run, run.progress, results.status, results.report, results.json, results.shown,
+    run_outputs = [run.cancel, run.run, run.progress, results.status, results.report, results.json, results.shown,
                    results.heat_method, *results.views, export.method, export.report_file, export.config_file,
                    compare.runs]
 
@@ -427,18 +435,20 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
         except InputError as err:
             yield {results.status: f"{PROBLEM} {session.policy.public(str(err))}", run.progress: ""}
             return
-        yield {run.run: gr.update(interactive=False, value="Running…")}
+        yield {run.run: gr.update(interactive=False, value="Running…"),
+               run.cancel: gr.update(interactive=True, variant="stop")}
         for update in handlers.run_merge_events(session, config, values[-2], values[-1]):
             if update.report is None:
                 yield {run.progress: update.html(),
                        results.status: update.error if update.error else f"running: {update.stage}",
-                       **({run.run: gr.update(interactive=True, value="Run")} if update.error else {})}
+                       **({run.run: gr.update(interactive=True, value="Run"), run.cancel: IDLE_CANCEL}
+                          if update.error else {})}
                 continue
             report = handlers.report_dict(update)
             method_choices = [(handlers.plots.title_of(m), m) for m in report["methods"]]
             first = next(iter(report["methods"]))
             yield {
-                run.run: gr.update(interactive=True, value="Run"),
+                run.run: gr.update(interactive=True, value="Run"), run.cancel: IDLE_CANCEL,
                 run.progress: update.html(), results.status: handlers.verdict_line(report), results.report: report, results.json: report,
                 results.shown: gr.update(choices=["mean", *report["experts"]], value=["mean"]),
                 results.heat_method: gr.update(choices=method_choices, value=first),
@@ -451,7 +461,7 @@ def _wire_run(sessions: Sessions, models: _Models, samples: _Samples, run: _Run,
             }
 
     run.run.click(on_run, form_inputs, run_outputs, concurrency_limit=1, concurrency_id="merge", api_name="run",
-                  show_progress="minimal")
+                  show_progress="minimal").then(None, js=SHOW_VERDICT)
 
     def on_cancel(request: gr.Request) -> str:
         session = sessions.get(request.session_hash)
@@ -527,7 +537,7 @@ def _config_from_form(values: tuple, policy: Policy):
     methods, alpha, task_lambda, samples, max_length, evaluation = rest[5 * MAX_EXPERTS:5 * MAX_EXPERTS + 6]
     experts = [ExpertForm(names[k], models[k] or "", calibrations[k], evaluations[k], class_names[k] or "")
                for k in range(count)]
-    marked = marked_problems(base or "", experts, policy)
+    marked = marked_problems(base or "", experts, policy) + marked_sample_problems(base or "", experts, policy)
     others: list[str] = []
     config = None
     try:

@@ -122,6 +122,20 @@ def marked_problems(base_ref: str, experts: list["ExpertForm"], policy: Policy =
     return problems
 
 
+def marked_sample_problems(base_ref: str, experts: list["ExpertForm"], policy: Policy = LOCAL) -> list[str]:
+    """What the form marks ✘ beside the sample files, each named by its expert and its own file name."""
+    problems = []
+    for index, expert in enumerate(experts, 1):
+        if not (expert.model and expert.model.strip()):
+            continue
+        for kind, path, labels in (("calibration", expert.calibration, False),
+                                   ("evaluation", expert.evaluation, evaluation_needs_labels(base_ref, policy))):
+            _, note = sample_preview(path, labels, policy)
+            if note.startswith(PROBLEM):
+                problems.append(f"expert {index} ({expert.name or expert.model}), {kind} samples: {note[2:]}")
+    return problems
+
+
 def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     problems = fit_problems(base, info)
     if problems:

@@ -146,20 +146,27 @@ def score_table(report: dict, normalized: bool = False) -> tuple[list[str], list
 
 
 def score_bars(report: dict, normalized: bool = False) -> go.Figure:
-    """Grouped bars: one group per task (and the average), one bar per model."""
+    """Grouped bars: one group per task (and the average), one bar per model, on the table's scale (accuracy
+    and normalized scores in %, perplexity as is)."""
     header, rows = score_rows(report, normalized)
+    scale = 100 if normalized or in_percent(report) else 1
     keys = ["base", "expert", *report["methods"]]
     figure = go.Figure()
     for key, row in zip(keys, rows):
         figure.add_trace(go.Bar(
-            x=header[1:], y=row[1:], name=row[0], marker_color=COLORS.get(key),
-            hovertemplate=f"<b>{row[0]}</b><br>%{{x}}: %{{y:.4f}}<extra></extra>"))
-    what = "normalized to each expert" if normalized else report["metric"]
+            x=header[1:], y=[None if v is None else scale * v for v in row[1:]], name=row[0],
+            marker_color=COLORS.get(key), hovertemplate=f"<b>{row[0]}</b><br>%{{x}}: %{{y:.1f}}<extra></extra>"))
+    what = ("normalized to each expert, %" if normalized else
+            f"{report['metric']}, %" if scale == 100 else report["metric"])
     layout = {**_LAYOUT, "legend": dict(orientation="v", x=1.02, y=1, yanchor="top"),
               "margin": dict(_LAYOUT["margin"], r=160)}  # beside the bars, clear of the title
     figure.update_layout(title=f"Scores per task ({what})", barmode="group", **layout)
     figure.update_yaxes(rangemode="tozero", **_GRID)
     return figure
+
+
+def _text(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def cost_rows(report: dict) -> tuple[list[str], list[list]]:
@@ -212,8 +219,8 @@ def compare_rows(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list]]:
         percent = in_percent(report)
         for method, result in report["methods"].items():
             score = result["average_score"]
-            rows.append([label, title_of(method),
-                         None if score is None else round(100 * score if percent else score, 1),
-                         _round(last_shift(result)), _round(last_heldout(result)), round(result["seconds"], 1)])
+            rows.append([label, title_of(method),  # text, so that every cell shows its decimals ("75.0", not "75")
+                         "" if score is None else f"{100 * score if percent else score:.1f}",
+                         _text(last_shift(result)), _text(last_heldout(result)), f"{result['seconds']:.1f}"])
     return ["run", "method", "average score", "shift at last layer", "held-out shift, last block",
             "merge seconds"], rows
