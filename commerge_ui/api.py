@@ -50,20 +50,22 @@ def run_merge(config: MergeConfig, out_dir: Path | None = None, save: list[str] 
               progress: Callable[[ProgressEvent], None] | None = None,
               cancel: Callable[[], bool] | None = None,
               log: Callable[[str], None] | None = None, offload: str = "auto",
-              confinement: Confinement | None = None) -> Report:
+              confinement: Confinement | None = None, keep_finished: bool = False) -> Report:
     """Merge the config's experts with each of its methods, score every result and measure the shift.
 
     With `out_dir`, writes report.json there and a loadable model folder for each method in `save`.
     `offload` ("auto", "on", "off") keeps the model's blocks and the streams in host memory with one block at
     a time on the GPU (offload.py); "auto" does so when the model would fill more than half of the GPU.
-    `progress` is called after every layer group; `cancel` is polled there and raises Cancelled.
+    `progress` is called after every layer group; `cancel` is polled there and raises Cancelled, unless
+    `keep_finished` and a method has finished: then the report holds the finished methods (`partial` true) and
+    the method cut short leaves nothing behind.
     The token only reaches the Hub download; it is never stored or logged (False: anonymous Hub calls).
     `confinement` (hosting.py) says where models and sample files may come from; the app's hosted mode sets it.
     Running out of GPU memory anywhere (loading, scoring, merging) raises MergeError with what to change.
     """
     try:
         return _run_merge(config, out_dir, save, device, dtype, token, progress, cancel, log, offload,
-                          confinement or Confinement())
+                          confinement or Confinement(), keep_finished)
     except torch.cuda.OutOfMemoryError:
         raise MergeError(OUT_OF_GPU_MEMORY) from None
     finally:
@@ -88,7 +90,7 @@ class Loaded:
 def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None, device: str, dtype: str,
                token: str | bool | None, progress: Callable[[ProgressEvent], None] | None,
                cancel: Callable[[], bool] | None, log: Callable[[str], None] | None, offload: str,
-               confinement: Confinement) -> Report:
+               confinement: Confinement, keep_finished: bool = False) -> Report:
     say = log or (lambda message: None)
     save = _check_request(config, save)
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
@@ -117,17 +119,26 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
     heldout = _heldout_samples(loaded.family, loaded.processor, experts, options, torch_device)
     layers: list[str] = []
     reports: dict[str, MethodReport] = {}
+    partial = False
     for name in config.methods:
-        say(f"merging with {METHODS[name].title}")
-        reports[name], merged_layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
-                                                        calibration, heldout, config, torch_device, notify)
+        try:
+            say(f"merging with {METHODS[name].title}")
+            result, merged_layers = _merge_and_score(METHODS[name], loaded, scorer, experts, expert_scores, tasks,
+                                                     calibration, heldout, config, torch_device, notify)
+            if out_dir is not None and name in save:
+                say(f"saving {METHODS[name].title}")
+                notify(ProgressEvent(name, 0, 1, name, "save"))
+                _save_model(loaded.family, loaded.backbone, loaded.processor, config, experts, name, result,
+                            out_dir / name, loaded.folder)
+                notify(ProgressEvent(name, 1, 1, name, "save"))
+        except Cancelled:
+            if not (keep_finished and reports):
+                raise
+            partial = True  # the methods finished so far stand; the one cut short leaves nothing
+            say(f"cancelled: {len(reports)} of {len(config.methods)} methods finished")
+            break
+        reports[name] = result
         layers = merged_layers or layers  # a data-free merge without its shift has no layers
-        if out_dir is not None and name in save:
-            say(f"saving {METHODS[name].title}")
-            notify(ProgressEvent(name, 0, 1, name, "save"))
-            _save_model(loaded.family, loaded.backbone, loaded.processor, config, experts, name, reports[name],
-                        out_dir / name, loaded.folder)
-            notify(ProgressEvent(name, 1, 1, name, "save"))
 
     report = Report(
         family=loaded.family.name, metric=loaded.family.metric, higher_is_better=loaded.family.higher_is_better,
@@ -136,6 +147,7 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
                  for e, spec in zip(experts, config.experts)},
         layers=layers, methods=reports, options=options.model_dump(by_alias=True),
         device=str(torch_device), dtype=dtype, warnings=warnings, offload=loaded.placement.offload,
+        partial=partial,
     )
     if out_dir is not None:
         report.write(out_dir / "report.json")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 PHASES = ("references", "merge", "score", "shift", "save")
 # What a run is doing in each phase, and what it did, as the CLI and the page say it.
 PHASE_RUNNING = {"references": "scoring", "merge": "merging", "score": "scoring",
-                 "shift": "measuring the held-out shift", "save": "saving"}
+                 "shift": "measuring the held-out shift", "save": "saving", "build": "building"}
 PHASE_DONE = {"references": "scored", "merge": "merged", "score": "scored", "shift": "held-out shift measured",
               "save": "saved"}
 

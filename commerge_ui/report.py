@@ -39,6 +39,7 @@ class Report:
     dtype: str
     warnings: list[str] = field(default_factory=list)
     offload: bool = False  # the blocks and the streams were kept on the host, one block at a time on the device
+    partial: bool = False  # cancelled: only the methods that finished are here
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

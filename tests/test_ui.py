@@ -148,8 +148,11 @@ def test_progress_rows_phases_and_overall_eta_by_hand():
         progress.on_event(event, now=t)
     assert progress.rows[""].seconds == {"references": 2} and progress.rows[""].done
     assert progress.rows["com"].eta(now=3) == 3.0  # 1 s per group, 3 left
-    assert progress.overall(now=3) == ((1 + 0.5 * 0.25 + 0) / 3, None)  # no method finished: no ETA yet
-    assert "time left known after the first method" in progress.html()
+    # no method finished yet: the first rates stand in. Scoring took 1 s per model, so a method's scoring (1 task)
+    # 1 s; CoM merges at 1 s per group, so a merge 4 s: CoM 3 s + 1 s left, Average 4 s + 1 s
+    assert progress.overall(now=3) == ((1 + 0.5 * 0.25 + 0) / 3, 9.0)
+    assert RunProgress(["com"]).overall(now=0) == (0.0, None)  # nothing measured: no ETA
+    assert "time left known after the first measured step" in RunProgress(["com"]).html()
     for t, event in [(6, ProgressEvent("com", 4, 4, "layer.1.out")), (6, ProgressEvent("com", 0, 2, "t0", "score")),
                      (8, ProgressEvent("com", 2, 2, "", "score")), (8, ProgressEvent("average", 0, 0, "", "merge"))]:
         progress.on_event(event, now=t)
@@ -159,6 +162,20 @@ def test_progress_rows_phases_and_overall_eta_by_hand():
     progress.error = "Cancelled: nothing was written"
     page = progress.html()
     assert "stopped while merging" in page and "ETA" not in page and "done: merged in 4.0 s, scored in 2.0 s" in page
+
+
+def test_a_demo_build_has_a_row_that_moves_with_an_eta():
+    from commerge_ui.ui.session import RunProgress
+
+    progress = RunProgress(["com"], building=True)
+    progress.build.phase_began = 0.0
+    progress.on_log("LM demo: fine-tuning expert 2/5 'movies' on cpu: step 20/50, loss 2.1", now=14.0)
+    assert (progress.build.step, progress.build.total) == (280, 1000)  # (1 + 20/50) of 5 experts
+    assert progress.overall(now=14.0) == (0.28, 36.0)  # 14 s for 28 %: 36 s for the other 72 %
+    page = progress.html()
+    assert "Demo build" in page and "building 280/1000" in page and "the demo's build: 28 %" in page
+    progress.on_log("LM demo: 5 experts ready in 50s (folder)", now=50.0)
+    assert progress.build.done and progress.overall(now=50.0)[1] is None  # the run's own rates come next
 
 
 def test_runs_are_kept_and_compared(finished, tiny):
@@ -262,6 +279,36 @@ def test_cancel_keeps_the_previous_results(finished, tiny):
     assert last.report is None and last.error.startswith("Cancelled")
     assert (session.run_folder / "report.json").read_text() == before
     assert not [p for p in session.folder.iterdir() if "partial" in p.name]
+
+
+def test_cancel_after_a_method_finished_keeps_it_as_a_partial_run(tmp_path, tiny):
+    session = Sessions(tmp_path / "s").get("x")
+    config = handlers.build_config(str(tiny.base), experts_of(tiny), ["com", "regmean", "average"], **FAST)
+    session.cancel = CancelOnce(lambda: any(session.folder.glob(".run.partial-*/com/config.json")))  # CoM saved
+    last = None
+    for last in handlers.run_merge_events(session, config, "cpu", "float32"):
+        pass
+    assert last is not None and last.report is not None and last.report.partial
+    assert list(last.report.methods) == ["com"]
+    report = json.loads((session.run_folder / "report.json").read_text())
+    assert report["partial"] and list(report["methods"]) == ["com"]
+    assert (session.run_folder / "com" / "config.json").is_file() and not (session.run_folder / "regmean").exists()
+    assert not [p for p in session.folder.iterdir() if "partial-" in p.name]  # nothing half-written
+    line = handlers.verdict_line(handlers.report_dict(last))
+    assert line.startswith("⚠ cancelled: a partial run; what finished is kept (Chain of Merges)")
+    assert "cancelled: nothing of it was kept" in last.html()
+    assert session.runs[-1].label.endswith("(cancelled: partial)")
+
+
+class CancelOnce(threading.Event):
+    """Cancel pressed as soon as `condition()` holds."""
+
+    def __init__(self, condition) -> None:
+        super().__init__()
+        self.condition = condition
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.condition()
 
 
 class CancelAfter(threading.Event):

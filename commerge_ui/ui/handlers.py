@@ -80,7 +80,8 @@ def run_merge_events(session: Session, config: MergeConfig, device: str, dtype: 
             yield RunProgress(list(config.methods), error=f"{PENDING} the demo's models are being prepared by the "
                               f"server since it started ({demo.build_note}); try again in a few minutes")
             return
-        waiting = RunProgress(list(config.methods), stage=f"building the demo's models (first use; {demo.build_note})…")
+        waiting = RunProgress(list(config.methods), stage=f"building the demo's models (first use; {demo.build_note})…",
+                              building=True)
         yield from _while_building(demo.ensure, waiting)
         if waiting.error:
             return
@@ -266,9 +267,12 @@ def compare_views(session: Session, chosen: list[str]) -> tuple[object, pd.DataF
 
 
 def verdict_line(report: dict) -> str:
-    """The status after a run: done, and the one-line verdict with the methods' titles."""
+    """The status after a run: done (or cancelled, with what was kept), and the verdict with the methods'
+    titles."""
     line = verdict(report, {m: plots.title_of(m) for m in report["methods"]})
-    return f"{OK} done · {line}" if line else f"{OK} done"
+    kept = ", ".join(plots.title_of(m) for m in report["methods"])
+    head = f"{WARNING} cancelled: a partial run; what finished is kept ({kept})" if report.get("partial") else f"{OK} done"
+    return f"{head} · {line}" if line else head
 
 
 def report_dict(progress: RunProgress) -> dict:

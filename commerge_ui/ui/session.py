@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import html
 import json
+import re
 import queue
 import shutil
 import tempfile
@@ -56,7 +57,8 @@ class Session:
         data = json.loads(text)
         number, o = len(self.runs) + 1, data["options"]
         label = (f"run {number}: α {o['alpha']}, λ {o['lambda']}, {o['calibration_samples']} samples, "
-                 f"{o['max_length']} tokens, {len(data['methods'])} methods")
+                 f"{o['max_length']} tokens, {len(data['methods'])} methods" + (" (cancelled: partial)"
+                                                                                 if data.get("partial") else ""))
         path = self.folder / "runs" / f"run-{number}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -218,9 +220,14 @@ class RunProgress:
     rows: dict[str, PhaseRow] = field(init=False)
     report: Report | None = None
     error: str | None = None
+    building: bool = False  # the demo's models are being built first: a row of its own, above the others
+    build: PhaseRow | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.rows = {"": PhaseRow("Experts and base"), **{m: PhaseRow(title_of(m)) for m in self.methods}}
+        if self.building:
+            self.build = PhaseRow("Demo build")
+            self.build.start("build", time.perf_counter())
 
     def on_event(self, event: ProgressEvent, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
@@ -236,12 +243,28 @@ class RunProgress:
             if row.done and event.phase in ("score", "shift"):
                 row.phase = ""
 
-    def on_log(self, message: str) -> None:
+    def on_log(self, message: str, now: float | None = None) -> None:
         self.stage = message
+        if self.build is not None:
+            self._on_build_log(message, time.perf_counter() if now is None else now)
+
+    def _on_build_log(self, message: str, now: float) -> None:
+        """The build's fraction from its log ("expert 2/5 ... step 20/50"), so that its row moves with an ETA."""
+        assert self.build is not None
+        expert = re.search(r"expert (\d+)/(\d+)", message)
+        step = re.search(r"step (\d+)/(\d+)", message)
+        if expert:
+            k, n = int(expert.group(1)), int(expert.group(2))
+            part = int(step.group(1)) / int(step.group(2)) if step else 0.0
+            self.build.step, self.build.total = round(1000 * (k - 1 + part) / n), 1000
+            self.build.label = message.split(": ", 1)[-1][:80]
+        if re.search(r"ready in \d+s", message):
+            self.build.done, self.build.step, self.build.total = True, 1000, 1000
+            self.build.seconds["build"] = now - (self.build.phase_began or now)
 
     def finish(self, report: Report) -> None:
         """The run's last word: the report's merge times replace the measured ones (they are the table's)."""
-        self.report, self.stage = report, "done"
+        self.report, self.stage = report, "cancelled: the methods that finished are kept" if report.partial else "done"
         for method, result in report.methods.items():
             row = self.rows[method]
             row.done, row.seconds["merge"] = True, result.seconds
@@ -252,17 +275,25 @@ class RunProgress:
         self.rows[""].done = True
 
     def overall(self, now: float | None = None) -> tuple[float, float | None]:
-        """(fraction done, seconds left; None until a method has finished). The references count as one
-        method, a method's merge as half of it; methods not started take the mean time of those finished."""
+        """(fraction done, seconds left; None until a rate is measured). While the demo builds: the build's.
+        Then the references count as one method, a method's merge as half of it; methods not started take the
+        mean time of those finished, or before any has, estimates from the first measured rates (scoring a
+        merge costs what scoring the experts did per task; the running merge's rate per layer group)."""
         now = time.perf_counter() if now is None else now
         if self.report is not None:
             return 1.0, 0.0
+        if self.build is not None and not self.build.done:
+            return (self.build.step / self.build.total if self.build.total else 0.0), self.build.eta(now)
         fraction = sum(1.0 if r.done else _share(r) for r in self.rows.values()) / len(self.rows)
         finished = [r for k, r in self.rows.items() if k and r.done]
-        if not finished:
-            return fraction, None
-        merge = sum(r.seconds.get("merge", 0.0) for r in finished) / len(finished)
-        score = sum(r.seconds.get("score", 0.0) + r.seconds.get("shift", 0.0) for r in finished) / len(finished)
+        if finished:
+            merge = sum(r.seconds.get("merge", 0.0) for r in finished) / len(finished)
+            score = sum(r.seconds.get("score", 0.0) + r.seconds.get("shift", 0.0) for r in finished) / len(finished)
+        else:
+            estimate = self._first_rates(now)
+            if estimate is None:
+                return fraction, None
+            merge, score = estimate
         left = 0.0
         for key, row in self.rows.items():
             if row.done:
@@ -277,6 +308,21 @@ class RunProgress:
                 left += row.eta(now) or 0.0
         return fraction, left
 
+    def _first_rates(self, now: float) -> tuple[float, float] | None:
+        """(merge, scoring) seconds per method, from the rates measured before any method has finished."""
+        refs = self.rows[""]
+        per_model = None
+        if refs.done and refs.total and "references" in refs.seconds:
+            per_model = refs.seconds["references"] / refs.total
+        elif refs.phase == "references" and refs.step and refs.phase_began is not None:
+            per_model = (now - refs.phase_began) / refs.step
+        if per_model is None:
+            return None
+        score = per_model * max(refs.total / 2, 1)  # each method is scored on every task, as each expert was
+        merge = next(((now - r.phase_began) / r.step * r.total for k, r in self.rows.items()
+                      if k and r.phase == "merge" and r.step and r.total and r.phase_began is not None), score)
+        return merge, score
+
     def html(self) -> str:
         now = time.perf_counter()
         fraction, left = self.overall(now)
@@ -285,12 +331,17 @@ class RunProgress:
         elif self.report is not None:
             overall = "finished"
         else:
-            overall = f"{100 * fraction:.0f} %" + (f" · about {_duration(left)} left" if left is not None
-                                                   else " · time left known after the first method")
+            what = "the demo's build: " if self.build is not None and not self.build.done else ""
+            overall = f"{what}{100 * fraction:.0f} %" + (f" · about {_duration(left)} left" if left is not None
+                                                         else " · time left known after the first measured step")
         rows = [f'<div class="cm-progress-row cm-overall"><b>Overall</b><progress value="{fraction:.3f}" max="1">'
                 f'</progress><span>{overall}</span></div>']
-        for key, row in self.rows.items():
-            if row.done or self.report is not None:
+        shown = ([("build", self.build)] if self.build is not None else []) + list(self.rows.items())
+        for key, row in shown:
+            if self.report is not None and self.report.partial and key not in ("", "build") and \
+                    key not in self.report.methods:
+                info, value, total = "cancelled: nothing of it was kept", 0, 1
+            elif row.done or self.report is not None:
                 info, value, total = row.summary(), 1, 1
             elif row.began is None:
                 info, value, total = ("stopped" if self.error else "waiting"), 0, 1
@@ -347,7 +398,7 @@ def run_in_background(config: MergeConfig, session: Session, save: list[str], de
                 report = run_merge(config, out_dir=partial, save=save, device=device, dtype=dtype,
                                    token=policy.hub_token(token), progress=lambda e: events.put(("event", e)),
                                    cancel=session.cancel.is_set, log=lambda m: events.put(("log", policy.public(m))),
-                                   confinement=policy.confinement(bundle))
+                                   confinement=policy.confinement(bundle), keep_finished=True)
                 write_config_bundle(config, partial)
             session.keep(report)
             outcome = ("report", report)
