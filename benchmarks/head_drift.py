@@ -2,7 +2,7 @@
 distribution.
 
     python benchmarks/head_drift.py [--config examples/smollm2-domains.yaml] [--samples 32] [--seed 0]
-                                    [--variants com,com_ridge,com_expert_weights,regmean] [--out out/head-drift]
+                                    [--variants com,com_ridge,com_chain,regmean] [--out out/head-drift]
 
 The study's shift is measured at every block's output, in the residual stream. A language model reads that
 stream through its final norm and LM head, so two merges with the same residual shift can score very differently
@@ -41,7 +41,7 @@ from study import at  # the study's own way to set methods and options (this fol
 VARIANTS: dict[str, tuple[str, dict]] = {
     "com": ("com", {}),
     "com_ridge": ("com", {"com_regularization": "ridge"}),
-    "com_expert_weights": ("com", {"target": "expert_weights"}),
+    "com_chain": ("com_chain", {}),
     "regmean": ("regmean", {}),
     "regmean_plusplus": ("regmean_plusplus", {}),
 }
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--config", default="examples/smollm2-domains.yaml")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default="com,com_ridge,com_expert_weights,regmean")
+    parser.add_argument("--variants", default="com,com_ridge,com_chain,regmean")
     parser.add_argument("--out", type=Path, default=Path("out/head-drift"))
     args = parser.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -11,7 +11,7 @@ One rule for every method: the config's options (the demo's: α 0.9, λ 0.3, TIE
 SVD scale 1.0, max_length 64), never tuned per method. A seed picks each task's calibration subset (the experts
 are fixed; for the LM demo, `python -m commerge_ui.demo lm --seed S --out DIR` trains another set, and a copy of
 its config pointing at DIR runs the study on them). Parts:
-- grid: calibration samples × seeds for the activation-based methods (CoM, RegMean, RegMean++);
+- grid: calibration samples × seeds for the activation-based methods (CoM, CoM chain only, RegMean, RegMean++);
 - free (with grid): the data-free methods at the first sample count (their weights do not depend on the
   calibration samples, only their measured shift does), at the first seed, or at every seed where a seed also
   draws the evaluation samples (the LM demo caps them: `evaluation_samples`), so that they are scored on the same
@@ -20,7 +20,7 @@ its config pointing at DIR runs the study on them). Parts:
   samples it is scored on (every report holds it: commerge_ui/heldout.py): does the correction carry over to
   text the merge never saw? A cell cached before reports held it is merged again;
 - options: at the last sample count (64 for the results' table), each seed, one option changed at a time for CoM
-  and RegMean alike (α 0.5, α 1.0, normalize none, CoM's target expert_weights, CoM's ridge regularisation;
+  and RegMean alike (α 0.5, α 1.0, normalize none, CoM's ridge regularisation;
   --variants picks some). An option only CoM reads is run for CoM alone; RegMean's row is then its defaults run;
 - heldout: at 64 samples, each seed, the last block's output shift on the evaluation texts (never calibrated on),
   for CoM, RegMean, RegMean++ and averaging.
@@ -40,12 +40,12 @@ from commerge_ui.config import MergeConfig, load_config
 from commerge_ui.demo import DEMO_CONFIG, ensure_demo
 from commerge_ui.report import in_percent, last_shift
 
-REGRESSION = ["com", "regmean", "regmean_plusplus"]
+REGRESSION = ["com", "com_chain", "regmean", "regmean_plusplus"]
 DATA_FREE = ["task_arithmetic", "ties", "dare", "dare_ties", "tsv_m", "iso_c", "iso_cts", "average"]
 VARIANTS = {"alpha 0.5": {"alpha": 0.5}, "alpha 1.0": {"alpha": 1.0}, "normalize none": {"normalize": "none"},
-            "target expert_weights": {"target": "expert_weights"}, "ridge": {"com_regularization": "ridge"}}
+            "ridge": {"com_regularization": "ridge"}}
 # Options that only CoM reads: RegMean's merge under them is the defaults' merge, so it is not run again.
-COM_ONLY = {"target expert_weights", "ridge"}
+COM_ONLY = {"ridge"}
 
 
 def at(config: MergeConfig, methods: list[str], samples: int, seed: int, **options) -> MergeConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
@@ -34,6 +34,11 @@ class ExpertSpec(BaseModel):
         return name
 
 
+TARGET_GONE = ("'target' is no longer an option: CoM's two readings are two methods. 'com' regresses the merged "
+               "inputs onto the experts' outputs (target: expert_outputs); 'com_chain' onto the experts' weights "
+               "(target: expert_weights). Remove 'target' and list the one you want, or both, in 'methods'")
+
+
 class MergeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -54,7 +59,6 @@ class MergeOptions(BaseModel):
                                "averaged weights, × mean diag: an input direction with less calibration energy "
                                "than this share of an average channel's is not determined by the samples and "
                                "stays at the average (0: RegMean exactly as published)")
-    target: Literal["expert_outputs", "expert_weights"] = "expert_outputs"
     normalize: Literal["tokens", "trace", "none"] = "tokens"
     bias: Literal["regress", "average"] = "regress"
     gram_dtype: Literal["float32", "float64"] = "float32"
@@ -73,6 +77,13 @@ class MergeOptions(BaseModel):
                                  "measured on (a seeded subset of those scored; 0: all of them)")
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
                                         description="CLIP zero-shot prompts; '{}' is the class name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_target(cls, data: object) -> object:
+        if isinstance(data, dict) and "target" in data:
+            raise ValueError(TARGET_GONE)
+        return data
 
     @field_validator("prompt_templates")
     @classmethod

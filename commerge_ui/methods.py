@@ -110,9 +110,17 @@ def regmean_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> T
 
 
 def com_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
-    """Chain of Merges: the partially merged model's inputs X̂ regressed onto the expert's outputs X W_i."""
+    """Chain of Merges, the reading that corrects drift: the partially merged model's inputs X̂ regressed onto
+    the expert's outputs X_i W_i (argmin Σ_i ‖X̂_i W − X_i W_i‖²; docs/method.md §4)."""
     assert inputs.x_hat is not None and inputs.x is not None
-    return com_terms(inputs.x_hat, inputs.x, inputs.w, inputs.w_mean, alpha, options.target)
+    return com_terms(inputs.x_hat, inputs.x, inputs.w, inputs.w_mean, alpha, "expert_outputs")
+
+
+def com_chain_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
+    """Chain of Merges, the other reading: the same chain of merged inputs X̂, regressed onto X̂_i W_i (argmin
+    Σ_i ‖X̂_i W − X̂_i W_i‖²): RegMean solved on the merged model's inputs, without the drift term."""
+    assert inputs.x_hat is not None
+    return com_terms(inputs.x_hat, inputs.x_hat, inputs.w, inputs.w_mean, alpha, "expert_weights")
 
 
 def regmean_plusplus_group(inputs: GroupInputs, alpha: float, options: MergeOptions) -> TaskTerms:
@@ -178,6 +186,9 @@ _AVERAGE = {"rule": average, "of_sum": of_sum_average, "needs_base": False}
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("com", "Chain of Merges", "Chain of Merges (CoM), docs/method.md §4", **_AVERAGE, group_terms=com_group,
            reads=frozenset({EXPERT_INPUTS, MERGED_INPUTS}), regularization=com_regularization),
+    Method("com_chain", "CoM, chain only", "Chain of Merges (CoM) without its drift term, docs/method.md §4",
+           **_AVERAGE, group_terms=com_chain_group, reads=frozenset({MERGED_INPUTS}),
+           regularization=com_regularization),
     Method("regmean", "RegMean", "Jin et al., Dataless Knowledge Fusion by Merging Weights of Language Models, "
            "ICLR 2023", **_AVERAGE, group_terms=regmean_group, reads=frozenset({EXPERT_INPUTS})),
     Method("regmean_plusplus", "RegMean++", "Nguyen et al., Enhancing Effectiveness and Generalization of "

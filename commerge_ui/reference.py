@@ -1,4 +1,4 @@
-"""A naive CoM, RegMean and RegMean++, independent of the engine, for checking it (tests,
+"""A naive CoM (both readings), RegMean and RegMean++, independent of the engine, for checking it (tests,
 benchmarks/peer_check.py).
 
 Every expert is run whole for its inputs X_i; for CoM the merged model is re-run from the embeddings for
@@ -63,6 +63,7 @@ def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], 
     """`merged` holds the experts' average; its block groups are overwritten one by one, in network order.
 
     CoM:       W* = (Σ shrink(X̂ᵀX̂)/n_i + μI)⁻¹ (Σ shrink(X̂ᵀX) W_i / n_i + μW̄)   (X̂ from the partly merged model)
+    CoM chain: W* = (Σ shrink(X̂ᵀX̂)/n_i + μI)⁻¹ (Σ shrink(X̂ᵀX̂) W_i / n_i + μW̄)
     RegMean:   W* = (Σ shrink(XᵀX)/n_i + μI)⁻¹ (Σ shrink(XᵀX) W_i / n_i + μW̄)
     RegMean++: RegMean, with X_i read in expert i's block fed the merged model's input to that block
                (captured for the whole block before any of its groups is written)
@@ -85,12 +86,13 @@ def naive(method: str, merged: torch.nn.Module, experts: list[torch.nn.Module], 
             lhs, rhs, w_sum = 0, 0, 0
             for k, (expert, (batch, mask)) in enumerate(zip(experts, batches)):
                 x = swapped[k][index] if swapped else _inputs_of(expert, paths[0], batch, mask)
-                x_hat = _inputs_of(merged, paths[0], batch, mask) if method == "com" else x
+                x_hat = _inputs_of(merged, paths[0], batch, mask) if method in ("com", "com_chain") else x
                 if regress:
                     x, x_hat = (torch.cat([t, t.new_ones(len(t), 1)], dim=1) for t in (x, x_hat))
                 w = torch.cat([_weight(expert.get_submodule(p), regress) for p in paths], dim=1)
                 lhs = lhs + shrink(x_hat.T @ x_hat) / len(x)
-                rhs = rhs + shrink(x_hat.T @ x) @ w / len(x)
+                target = x_hat if method == "com_chain" else x  # the chain alone: X̂_i W_i, not X_i W_i
+                rhs = rhs + shrink(x_hat.T @ target) @ w / len(x)
                 w_sum = w_sum + w
             mu = floor * torch.diagonal(lhs).mean()
             eye = torch.eye(len(lhs), dtype=lhs.dtype)

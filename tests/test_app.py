@@ -214,7 +214,7 @@ def test_demo_in_the_browser(demo_app, browser):
     page.screenshot(path=str(SCREENSHOTS / "demo_first_screen.png"))
     open_inputs(page)
     assert "matches the base" in page.inner_text("#expert-3-status")
-    for baseline in ("Task arithmetic", "Average"):  # ticked by default; unticked here to keep CI's time
+    for baseline in ("CoM, chain only", "Task arithmetic", "Average"):  # ticked by default; unticked: CI's time
         box = page.get_by_label(baseline, exact=True)
         assert box.is_checked()
         box.uncheck()
@@ -228,6 +228,10 @@ def test_demo_in_the_browser(demo_app, browser):
     page.screenshot(path=str(SCREENSHOTS / "demo_running.png"))
     page.wait_for_selector("#shift-plot .js-plotly-plot .scatterlayer .trace", timeout=900_000)
     page.wait_for_selector("#run:enabled", timeout=30_000)
+    page.wait_for_timeout(1500)  # the page scrolls the verdict into view when the run ends
+    verdict = page.locator("#run-status").bounding_box()
+    assert verdict is not None and 0 <= verdict["y"] < 1000 - 40, verdict
+    assert page.locator("#cancel").is_disabled()  # nothing runs: Cancel is not live
     page.screenshot(path=str(SCREENSHOTS / "demo_results.png"), full_page=True)
     assert page.locator("#shift-plot .scatterlayer .trace").count() == 2  # CoM and RegMean, mean over tasks
     assert "How to read this" in page.inner_text("#how-to-read")

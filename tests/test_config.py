@@ -10,7 +10,7 @@ def test_defaults_follow_the_design():
     config = parse_config({"base": "b", "experts": [{"name": "t", "model": "m", "calibration": "c.txt"}]})
     assert config.methods == ["com", "regmean", "task_arithmetic", "average"]
     o = config.options
-    assert (o.alpha, o.task_lambda, o.calibration_samples, o.normalize, o.target) == (0.9, 0.3, 256, "tokens", "expert_outputs")
+    assert (o.alpha, o.task_lambda, o.calibration_samples, o.normalize) == (0.9, 0.3, 256, "tokens")
 
 
 @pytest.mark.parametrize("data, field", [

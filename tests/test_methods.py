@@ -45,7 +45,7 @@ def test_ties_keeps_exactly_k_with_ties_at_the_threshold_and_a_zero_sum_elects_p
 
 
 def test_registry_marks_regression_methods():
-    assert {n for n, m in METHODS.items() if m.regression} == {"com", "regmean", "regmean_plusplus"}
+    assert {n for n, m in METHODS.items() if m.regression} == {"com", "com_chain", "regmean", "regmean_plusplus"}
     assert not METHODS["average"].needs_base and METHODS["ties"].needs_base and METHODS["dare"].needs_base
 
 
@@ -88,7 +88,7 @@ def test_the_engine_has_no_method_names():
 
 
 def test_unknown_methods_are_refused_by_the_config():
-    with pytest.raises(InputError, match="unknown method 'fisher'.*known: com, regmean"):
+    with pytest.raises(InputError, match="unknown method 'fisher'.*known: com, com_chain, regmean"):
         parse_config({"base": "b", "experts": [{"name": "t", "model": "m"}], "methods": ["fisher"]})
 
 
@@ -159,3 +159,21 @@ def test_data_free_methods_skip_the_calibration_forwards_when_their_shift_is_not
     config["methods"] = ["ties", "average"]
     run_merge(parse_config(config))
     assert forwards == [] and com_only
+
+
+def test_coms_other_reading_is_a_method_of_its_own_and_the_old_option_says_so(tiny, tmp_path):
+    from commerge_ui.cli import main
+    from commerge_ui.ui.handlers import DEFAULT_METHODS
+
+    assert "com_chain" in DEFAULT_METHODS and METHODS["com_chain"].title == "CoM, chain only"
+    with pytest.raises(InputError, match="'target' is no longer an option.*'com_chain' onto the experts' weights"):
+        parse_config({"base": "b", "experts": [{"name": "t", "model": "m"}],
+                      "options": {"target": "expert_weights"}})
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(tiny.config(methods=["com", "com_chain"])))
+    assert main(["merge", str(config), "--out", str(tmp_path / "out"), "--save", "com_chain", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (tmp_path / "out" / "com_chain" / "config.json").is_file()
+    # the drift term is what lowers CoM's calibration shift: the chain alone keeps less of it
+    last = {m: sum(v[-1] for v in r["shift"].values()) for m, r in report["methods"].items()}
+    assert last["com"] < last["com_chain"]

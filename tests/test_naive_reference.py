@@ -86,7 +86,7 @@ def _batches(family, folder: Path, calibration: list[Path], sink: int = 0):
     return out
 
 
-@pytest.mark.parametrize("method", ["com", "regmean", "regmean_plusplus"])
+@pytest.mark.parametrize("method", ["com", "com_chain", "regmean", "regmean_plusplus"])
 @pytest.mark.parametrize("bias", ["regress", "average"])
 def test_bert_merge_equals_the_naive_reference(bert, method, bias):
     root, experts, calibration = bert
@@ -113,7 +113,7 @@ def test_bert_merge_with_a_large_floor_equals_the_naive_reference(bert, method):
     assert relative_difference(plain.state_dict(), reference.state_dict(), "encoder.layer") > 1e-3
 
 
-@pytest.mark.parametrize("method", ["com", "regmean", "regmean_plusplus"])
+@pytest.mark.parametrize("method", ["com", "com_chain", "regmean", "regmean_plusplus"])
 @pytest.mark.parametrize("bias", ["regress", "average"])
 def test_gpt2_merge_equals_the_naive_reference(gpt2, method, bias):
     """Unset, sink_tokens is the causal-LM family's 1: each text's first token is left out of the statistics."""

@@ -26,7 +26,8 @@ from .marks import INFO, OK, PENDING, PROBLEM, WARNING
 from .session import RunProgress, Session, run_in_background
 
 MAX_EXPERTS = 8
-DEFAULT_METHODS = ["com", "regmean", "task_arithmetic", "average"]  # the baselines show what the others gain
+# CoM's two readings side by side, RegMean, and the baselines that show what the others gain
+DEFAULT_METHODS = ["com", "com_chain", "regmean", "task_arithmetic", "average"]
 
 
 @dataclass
