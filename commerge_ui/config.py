@@ -50,6 +50,9 @@ class MergeOptions(BaseModel):
     dare_drop: float = Field(0.5, ge=0.0, lt=1.0, description="DARE: fraction of each task vector dropped")
     svd_scale: float = Field(1.0, gt=0.0, description="TSV-M, Iso-C, Iso-CTS: scale α of the merged task vector")
     iso_common_fraction: float = Field(0.8, ge=0.0, le=1.0, description="Iso-CTS: share of the common subspace")
+    svd_rank_tol: float = Field(1e-5, ge=0.0, lt=1.0, description="TSV-M, Iso-C, Iso-CTS: singular values below "
+                                "this share of the largest are zero (the numerical rank); 0: every one, as the "
+                                "reference code")
     max_length: int = Field(128, ge=2)
     seed: int = 0
     batch_size: int = Field(32, ge=1, description="samples per forward when evaluating")

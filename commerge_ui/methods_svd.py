@@ -1,9 +1,14 @@
 """Data-free merges in the task vectors' singular bases (docs/method.md §2): TSV-M, Iso-C and Iso-CTS.
 
 Each acts on one weight matrix at a time; a tensor that is not a matrix (biases, norms), an embedding table
-(by name: as their reference code, which keeps token/position tables and heads out of the SVD), or a matrix
+(by name: token and position tables and heads; the reference code differs, see docs/method.md §2), or a matrix
 narrower than the number of experts gets the mean task vector instead. The merged weight is
 W_base + α·M, α = `svd_scale` (1.0: the papers pick it on held-out data, which this tool does not tune).
+
+Singular values below `svd_rank_tol` × the largest of their decomposition are treated as zero (the numerical
+rank): a task vector stored as a low-rank delta in float32 has, past its rank, only rounding noise, which TSV-M
+would keep as task directions and Iso-C would raise to the mean singular value. 0 keeps every direction, as the
+reference implementations do.
 """
 
 from __future__ import annotations
@@ -37,23 +42,38 @@ def _merge(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOption
     return b + options.svd_scale * merged
 
 
+def numerical_rank(s: torch.Tensor, tol: float, top: float | None = None) -> int:
+    """How many of the singular values `s` (descending) are at least `tol` × `top` (default: the largest)."""
+    top = float(s[0]) if top is None and len(s) else (top or 0.0)
+    if tol <= 0 or top <= 0:
+        return len(s) if top > 0 or tol <= 0 else 0
+    return int((s >= tol * top).sum())
+
+
 def tsv_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
-    # each τ_i keeps its top r = ⌊min(m, n)/K⌋ singular triplets; the stacked bases are orthogonalised (polar)
-    # and the kept singular values reused: M = polar([U_1..U_K]) diag(S_1..S_K) polar([V_1..V_K])
+    # each τ_i keeps its top r = ⌊min(m, n)/K⌋ singular triplets (fewer where its numerical rank is lower); the
+    # stacked bases are orthogonalised (polar) and the kept singular values reused:
+    # M = polar([U_1..U_K]) diag(S_1..S_K) polar([V_1..V_K])
     rank = min(vectors[0].shape) // len(vectors)
     us, ss, vs = [], [], []
     for vector in vectors:
         u, s, vh = torch.linalg.svd(vector, full_matrices=False)
-        us.append(u[:, :rank])
-        ss.append(s[:rank])
-        vs.append(vh[:rank])
+        keep = min(rank, numerical_rank(s, options.svd_rank_tol))
+        us.append(u[:, :keep])
+        ss.append(s[:keep])
+        vs.append(vh[:keep])
+    if not sum(len(s) for s in ss):
+        return torch.zeros_like(vectors[0])
     return polar(torch.cat(us, dim=1)) @ torch.diag(torch.cat(ss)) @ polar(torch.cat(vs, dim=0))
 
 
 def iso_c_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
-    # Σ_i τ_i = U S Vᵀ  →  M = U (mean(S) I) Vᵀ: every direction of the sum, at one common strength
+    # Σ_i τ_i = U S Vᵀ  →  M = U (mean(S) I) Vᵀ: every direction of the sum (its numerical rank), at one strength
     u, s, vh = torch.linalg.svd(sum(vectors), full_matrices=False)
-    return (u * s.mean()) @ vh
+    keep = numerical_rank(s, options.svd_rank_tol)
+    if not keep:
+        return torch.zeros_like(vectors[0])
+    return (u[:, :keep] * s[:keep].mean()) @ vh[:keep]
 
 
 def iso_cts_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.Tensor:
@@ -63,14 +83,20 @@ def iso_cts_matrix(vectors: list[torch.Tensor], options: MergeOptions) -> torch.
     common = int(width * options.iso_common_fraction)
     per_task = round((width - common) / count)
     common = width - per_task * count
+    tol = options.svd_rank_tol
     u, s, vh = torch.linalg.svd(sum(vectors), full_matrices=False)
+    common = min(common, numerical_rank(s, tol))
     us, ss, vs = [u[:, :common]], [s[:common]], [vh[:common]]
     for vector in vectors:
         rest = vector - us[0] @ (us[0].T @ vector)  # τ_i outside the common subspace
         ut, st, vth = torch.linalg.svd(rest, full_matrices=False)
-        us.append(ut[:, :per_task])
-        ss.append(st[:per_task])
-        vs.append(vth[:per_task])
+        # numerical rank against τ_i's own scale: a rest that is only rounding noise adds no direction
+        keep = min(per_task, numerical_rank(st, tol, top=float(torch.linalg.matrix_norm(vector, ord=2))))
+        us.append(ut[:, :keep])
+        ss.append(st[:keep])
+        vs.append(vth[:keep])
+    if not sum(len(x) for x in ss):
+        return torch.zeros_like(vectors[0])
     return (polar(torch.cat(us, dim=1)) * torch.cat(ss).mean()) @ polar(torch.cat(vs, dim=0))
 
 
