@@ -325,3 +325,29 @@ def test_bad_input_in_the_browser_is_shown_next_to_its_cause(demo_app, browser, 
     assert "expert 3 (amazon), evaluation samples: broken.csv:3: malformed CSV" in status
     assert str(tmp_path) not in status and "/tmp/" not in status.replace(str(tmp_path / "wide"), "")
     page.close()
+
+
+@pytest.mark.slow
+def test_cancel_in_the_browser_keeps_the_finished_method(demo_app, browser):
+    """Run CoM and Average on the demo; Cancel once CoM is done and Average's merge has begun: CoM's results stay,
+    shown as a partial run, and Average's row says nothing of it was kept."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(demo_app)
+    page.wait_for_selector("#run")
+    for method in ("RegMean", "CoM, chain only", "Task arithmetic"):
+        page.get_by_label(method, exact=True).uncheck()
+    assert page.locator("#cancel").is_disabled()
+    page.click("#run")
+    page.wait_for_function("(document.querySelector('#progress [data-method=average]') || {innerText: ''})"
+                           ".innerText.includes('merging')", timeout=600_000)
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#run-status').innerText.includes('partial run')",
+                           timeout=300_000)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "cancelled_partial.png"))
+    status = page.inner_text("#run-status")
+    assert "cancelled: a partial run; what finished is kept (Chain of Merges)" in status
+    assert "cancelled: nothing of it was kept" in page.inner_text("#progress [data-method=average]")
+    assert page.locator("#shift-plot .scatterlayer .trace").count() == 1  # CoM's curve
+    assert "(cancelled: partial)" in page.inner_text("#compare-runs")
+    page.close()
