@@ -351,3 +351,27 @@ def test_cancel_in_the_browser_keeps_the_finished_method(demo_app, browser):
     assert page.locator("#shift-plot .scatterlayer .trace").count() == 1  # CoM's curve
     assert "(cancelled: partial)" in page.inner_text("#compare-runs")
     page.close()
+
+
+def test_the_page_opens_on_the_precomputed_default_run(browser, tmp_path):
+    from conftest import make_setup
+    from commerge_ui.ui import handlers
+
+    setup = make_setup(tmp_path / "own", n_experts=2)
+    config = setup.write_config("page.yaml", options={"calibration_samples": 16, "max_length": 16, "seed": 0})
+    report = handlers.precompute_default_run(config, log=lambda m: None)
+    app, url = serve(config, tmp_path / "sessions")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_function("(document.querySelector('#run-status') || {innerText: ''}).innerText"
+                               ".includes('precomputed')",
+                               timeout=60_000)
+        page.wait_for_selector("#shift-plot .js-plotly-plot .scatterlayer .trace", timeout=30_000)
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "arrival.png"), full_page=True)
+        assert page.locator("#shift-plot .scatterlayer .trace").count() == len(report["methods"])
+        assert "Run recomputes" in page.inner_text("#run-status") and "★ best" in page.inner_text("#scores")
+        page.close()
+    finally:
+        app.close()

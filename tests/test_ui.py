@@ -441,3 +441,34 @@ def test_verdict_by_hand():
                                            "regmean 0.100 (3.0× higher than regmean) · CoM's held-out shift is 3.0× "
                                            "its calibration one at the last block: its calibration curve overstates "
                                            "the match · worst: CoM 35.0, +5.0 perplexity vs the experts")
+
+
+def test_results_on_arrival_are_the_default_runs_and_go_stale_when_its_inputs_change(tmp_path):
+    from conftest import make_setup
+
+    setup = make_setup(tmp_path / "own", n_experts=2)
+    config_path = setup.write_config("page.yaml", options={"calibration_samples": 16, "max_length": 16, "seed": 0})
+    assert handlers.precomputed_report(config_path) is None
+    report = handlers.precompute_default_run(config_path, log=lambda m: None)
+    assert handlers.precomputed_report(config_path) == report and list(report["methods"]) == handlers.DEFAULT_METHODS
+    # what Run gives with the form as the page opens: the same scores and shifts
+    session = Sessions(tmp_path / "s").get("x")
+    last = list(handlers.run_merge_events(session, handlers.default_run(config_path), "cpu", "float32"))[-1]
+    ran = handlers.report_dict(last)
+    for method in report["methods"]:
+        assert ran["methods"][method]["scores"] == report["methods"][method]["scores"]
+        assert ran["methods"][method]["shift"] == pytest.approx(report["methods"][method]["shift"])
+    assert handlers.arrival_line(report).startswith("ℹ precomputed: the default demo run (Chain of Merges")
+    # other options, or a sample file changed on disk: no longer these results
+    other = setup.write_config("other.yaml", options={"calibration_samples": 8, "max_length": 16, "seed": 0})
+    assert handlers.precomputed_report(other) is None
+    calibration = setup.calibration["task0"]
+    calibration.write_text(calibration.read_text() + '{"text": "one more line"}\n')
+    assert handlers.precomputed_report(config_path) is None
+
+
+def test_every_method_has_a_colour_of_its_own():
+    from commerge_ui.methods import METHODS
+    from commerge_ui.ui.plots import COLORS
+
+    assert set(METHODS) <= set(COLORS) and len({COLORS[m] for m in METHODS}) == len(METHODS)

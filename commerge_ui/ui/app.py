@@ -109,6 +109,7 @@ def build_app(config_path: Path = DEMO_CONFIG, sessions: Sessions | None = None,
         def on_close(request: gr.Request) -> None:
             sessions.close(request.session_hash)
 
+        _wire_arrival(app, config_path, results)
         app.unload(on_close)
     app.commerge_policy = policy  # launch() checks it against the address it listens on
     return app
@@ -494,7 +495,10 @@ def _wire_export(sessions: Sessions, results: _Results, export: _Export) -> None
     def on_bundle(report, request: gr.Request):
         if not report:
             return None
-        return handlers.zip_config_bundle(sessions.get(request.session_hash))
+        try:
+            return handlers.zip_config_bundle(sessions.get(request.session_hash))
+        except InputError:  # precomputed results: this session has run nothing to bundle yet
+            return None
 
     results.report.change(on_bundle, results.report, export.bundle_file, api_visibility="private")
 
@@ -507,6 +511,24 @@ def _wire_export(sessions: Sessions, results: _Results, export: _Export) -> None
 
     export.push_button.click(on_push, [export.method, export.repo_id, export.token, export.private],
                              [export.push_note, export.token], api_visibility="private")
+
+
+def _wire_arrival(app: gr.Blocks, config_path: Path, results: _Results) -> None:
+    """On page load: the default run's precomputed results, if they exist for exactly these models and options."""
+    outputs = [results.status, results.report, results.json, results.shown, results.heat_method, *results.views]
+
+    def on_arrival():
+        report = handlers.precomputed_report(config_path)
+        if report is None:
+            return [gr.update()] * len(outputs)
+        methods = [(handlers.plots.title_of(m), m) for m in report["methods"]]
+        views = handlers.result_views(report, ["mean"], "com", False)
+        return [handlers.arrival_line(report), report, report,
+                gr.update(choices=["mean", *report["experts"]], value=["mean"]),
+                gr.update(choices=methods, value=methods[0][1]),
+                *_views_update(views, results.views).values()]
+
+    app.load(on_arrival, None, outputs, api_visibility="private")
 
 
 def _model_notes(policy: Policy, base_ref: str, *model_refs: str) -> list[str]:

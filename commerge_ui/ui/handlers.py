@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import precomputed
 from ..archives import extract_zip
 from ..config import MergeConfig, load_config
 from ..demo import demo_of, unbuilt_demos
@@ -43,6 +44,27 @@ def defaults_from(config_path: Path) -> FormDefaults:
     experts = [ExpertForm(e.name, e.model, e.calibration, e.evaluation, ", ".join(e.labels or []))
                for e in config.experts[:MAX_EXPERTS]]
     return FormDefaults(config.base, experts, config.options.model_dump(by_alias=True))
+
+
+def default_run(config_path: Path) -> MergeConfig:
+    """The run **Run** starts with the form as the page opens on `config_path`: its models and samples, the
+    page's default methods and the config's options."""
+    d = defaults_from(config_path)
+    o = d.options
+    return build_config(d.base, d.experts, DEFAULT_METHODS, o["alpha"], o["lambda"], o["calibration_samples"],
+                        o["max_length"], evaluation_samples=o["evaluation_samples"])  # the page's seed is 0
+
+
+def precomputed_report(config_path: Path) -> dict | None:
+    """The cached report of the page's default run, if it was computed for exactly these models and options."""
+    config = default_run(config_path)
+    return precomputed.load(precomputed.folder_for(config), config, precomputed.stamp_of(config))
+
+
+def precompute_default_run(config_path: Path, log=print) -> dict:
+    """Compute (once) and cache the page's default run: results on arrival."""
+    config = default_run(config_path)
+    return precomputed.compute(precomputed.folder_for(config), config, precomputed.stamp_of(config), log=log)
 
 
 def device_note() -> str:
@@ -265,6 +287,14 @@ def compare_views(session: Session, chosen: list[str]) -> tuple[object, pd.DataF
             for run in runs:
                 bundle.write(run.path, run.path.name)
     return plots.compare_figure(labelled), pd.DataFrame(rows, columns=header), archive
+
+
+def arrival_line(report: dict) -> str:
+    """The status above precomputed results: what they are, and that Run recomputes."""
+    o = report["options"]
+    return (f"{INFO} precomputed: the default demo run ({', '.join(plots.title_of(m) for m in report['methods'])}; "
+            f"{o['calibration_samples']} calibration samples, α {o['alpha']}, λ {o['lambda']}), computed once for "
+            "exactly these models and options; Run recomputes · " + verdict_line(report).removeprefix(f"{OK} done · "))
 
 
 def verdict_line(report: dict) -> str:

@@ -8,8 +8,10 @@ from ..methods import METHODS
 from ..report import in_percent, last_heldout, last_shift
 from ..report import normalized as normalized_score
 
-COLORS = {"com": "#e4572e", "regmean": "#2e86ab", "task_arithmetic": "#59a14f", "ties": "#b07aa1",
-          "average": "#9c9c9c", "base": "#bab0ab", "expert": "#4e4e4e"}
+COLORS = {"com": "#e4572e", "com_chain": "#f3a712", "regmean": "#2e86ab", "regmean_plusplus": "#76b7b2",
+          "task_arithmetic": "#59a14f", "ties": "#b07aa1", "dare": "#ff9da7", "dare_ties": "#9467bd",
+          "tsv_m": "#8c564b", "iso_c": "#bcbd22", "iso_cts": "#17becf", "average": "#9c9c9c", "base": "#bab0ab",
+          "expert": "#4e4e4e"}  # one per method: no two curves share a colour
 # Transparent backgrounds and a mid-grey font keep the figures readable in light and dark themes.
 _LAYOUT = dict(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font=dict(color="#888888"),
                margin=dict(l=60, r=20, t=50, b=50), hovermode="closest",

@@ -16,15 +16,22 @@ import threading
 
 from ..demo import DEMOS
 from ..hosting import hosted_from
+from . import handlers
 from .app import build_app, launch
 
 
-def prepare(keys: list[str]) -> None:
-    """Build the demos' models in the background, one after the other (the page is up meanwhile). The text
-    demo takes seconds; the language-model demo fine-tunes five experts (minutes on a CPU)."""
+def prepare(keys: list[str], arrival: bool = True) -> None:
+    """Build the demos' models in the background, one after the other (the page is up meanwhile), and, after the
+    text demo, precompute the page's default run once (results on arrival). The text demo takes seconds; the
+    language-model demo fine-tunes five experts (minutes on a CPU)."""
+    def say(message: str) -> None:
+        print(message, flush=True)
+
     for key in keys:
         try:
-            DEMOS[key].ensure(lambda message: print(message, flush=True))
+            DEMOS[key].ensure(say)
+            if key == "text" and arrival:
+                handlers.precompute_default_run(DEMOS[key].config, log=say)
         except Exception as err:  # the page says the demo is not ready; the app stays up
             print(f"preparing the {key} demo failed: {err.__class__.__name__}: {err}", file=sys.stderr, flush=True)
 
@@ -37,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trust-network", action="store_true",
                         help="serve local mode (server folders readable, the owner's Hub token used, local limits) "
                              "on a non-loopback address: only for a network whose every user you trust")
+    parser.add_argument("--no-arrival", action="store_true",
+                        help="do not precompute the default demo run the page opens on (results on arrival)")
     parser.add_argument("--prepare", default=os.environ.get("COMMERGE_PREPARE", "auto"),
                         choices=["auto", "text", "all", "none"],
                         help="demos built at start-up in the background (auto: hosted all, else the text demo; "
@@ -47,5 +56,5 @@ def main(argv: list[str] | None = None) -> None:
         print(f"local mode on {args.host}: every visitor can read this machine's files and use its Hub token",
               file=sys.stderr, flush=True)
     keys = {"auto": list(DEMOS) if hosted else ["text"], "text": ["text"], "all": list(DEMOS), "none": []}[args.prepare]
-    threading.Thread(target=prepare, args=(keys,), daemon=True, name="demo-build").start()
+    threading.Thread(target=prepare, args=(keys, not args.no_arrival), daemon=True, name="demo-build").start()
     launch(build_app(hosted=hosted), trust_network=args.trust_network, server_name=args.host, server_port=args.port)
