@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
+from .adapters import AdapterWeights, is_adapter, read_adapter, same_base
 from .compat import check_expert, find_source, is_unchanged
 from .config import MergeConfig, MergeOptions
 from .engine import EngineTask, ProgressEvent, merge
@@ -256,9 +257,11 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | bool | None,
         who = f"expert '{spec.name}' ({spec.model})"
         say(f"resolving {who}")
         folder = resolve_model(spec.model, spec.revision, token, confinement, who=who)
-        source = find_source(SafetensorsWeights(folder), loaded.names, f"{loaded.backbone.base_model_prefix}.", who)
+        weights = _expert_weights(folder, spec, config.base, loaded, who)
+        source = find_source(weights, loaded.names, f"{loaded.backbone.base_model_prefix}.", who)
         source.fallback = loaded.source
-        check_expert(who, folder, source, loaded.expected, loaded.folder, family)
+        check_expert(who, loaded.folder if is_adapter(folder) else folder, source, loaded.expected, loaded.folder,
+                     family)
         check_float(who, source, loaded.names)
         if is_unchanged(source, loaded.source, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
@@ -279,6 +282,19 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | bool | None,
         experts.append(Expert(spec.name, folder, source, calibration, evaluation, spec.weight,
                               spec.labels or label_names(evaluation)))
     return experts, warnings
+
+
+def _expert_weights(folder: Path, spec, base_ref: str, loaded: Loaded, who: str):
+    """An expert's tensors: its folder's safetensors, or for a LoRA adapter the base's with the adapter's
+    factors applied on demand (adapters.py), once its recorded base is the chosen one (or the config allows
+    another)."""
+    if not is_adapter(folder):
+        return SafetensorsWeights(folder)
+    adapter = read_adapter(folder, who)
+    if not same_base(adapter.base, base_ref) and not spec.allow_other_base:
+        raise InputError(f"{who}: a LoRA adapter of '{adapter.base}', and the base is '{base_ref}'; if it fits "
+                         "this base anyway, say so with `allow_other_base: true` on this expert")
+    return AdapterWeights(loaded.source.weights, adapter, who)
 
 
 def _sample_name(expert: str, kind: str, path: str) -> str:

@@ -24,6 +24,8 @@ class ExpertSpec(BaseModel):
     labels: list[str] | None = None
     weight: float = Field(1.0, gt=0, description="task importance λ_i in the regression")
     revision: str | None = None
+    allow_other_base: bool = Field(False, description="a LoRA adapter trained on another base than this config's "
+                                   "may be applied to it (its layer shapes must still fit)")
 
     @field_validator("name")
     @classmethod

@@ -124,6 +124,11 @@ def check_model_folder(folder: Path, ref: str | None = None) -> None:
     name = ref or str(folder)
     if is_partial(folder):
         raise InputError(f"{name}: an unfinished merge output (the merge was stopped while writing it); not a model")
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        from .adapters import read_adapter
+
+        read_adapter(folder, name)  # a LoRA adapter: the base supplies the rest (adapters.py)
+        return
     if not (folder / "config.json").is_file():
         raise InputError(f"{name}: config.json is missing")
     if not any(folder.glob("*.safetensors")):

@@ -55,6 +55,9 @@ def model_message(ref: str | None, base_ref: str | None = None, policy: Policy =
     demo = demo_of(ref)
     if demo is not None and not demo.is_built():
         return f"{PENDING} the demo's models are {_demo_wait(demo, policy)}"
+    adapter = _adapter(ref, policy)
+    if adapter is not None:
+        return policy.public(_adapter_message(adapter, base_ref))
     try:
         info = _inspect(ref, policy)
         too_big = _too_big(info, policy)
@@ -69,6 +72,57 @@ def model_message(ref: str | None, base_ref: str | None = None, policy: Policy =
     except InputError:
         return f"{OK} {info.summary()} · (the base could not be read, so it is not compared yet)"
     return policy.public(_fit_message(info, base))
+
+
+def _adapter(ref: str, policy: Policy):
+    """A local LoRA adapter's settings (adapters.py), an InputError's message if it is one that is refused, or
+    None when `ref` is not an adapter folder."""
+    from ..adapters import is_adapter, read_adapter
+
+    ref = ref.strip()
+    path = Path(ref).expanduser()
+    confinement = policy.confinement()
+    try:
+        if confinement.local_model(ref) and path.is_dir():
+            return read_adapter(path, ref) if is_adapter(path) else None
+        if is_repo_id(ref) and not confinement.local_model(ref) or is_repo_id(ref) and not path.exists():
+            return _hub_adapter(ref, policy.hub_token())
+    except InputError as err:
+        return str(err)
+    return None
+
+
+@lru_cache(maxsize=64)
+def _hub_adapter(repo_id: str, token: str | bool | None):
+    """A Hub repository's adapter settings (its adapter_config.json, kilobytes), or None if it has a model
+    config instead (or cannot be asked)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    from ..adapters import spec_of
+    from ..hub import hub_reachable
+    from ..sources import hub_errors, hub_token, read_config_file
+
+    if not constants.HF_HUB_OFFLINE and not hub_reachable(constants.ENDPOINT):
+        return None
+    try:
+        with hub_errors(repo_id):
+            path = hf_hub_download(repo_id, "adapter_config.json", token=hub_token(token))
+    except InputError:
+        return None  # no adapter config: a full model (the model check says the rest)
+    return spec_of(read_config_file(Path(path), repo_id), Path(path).parent, repo_id)
+
+
+def _adapter_message(adapter, base_ref: str | None) -> str:
+    from ..adapters import same_base
+
+    if isinstance(adapter, str):
+        return f"{PROBLEM} {adapter}"
+    if not base_ref or not base_ref.strip():
+        return f"{OK} {adapter.summary()}"
+    if same_base(adapter.base, base_ref.strip()):
+        return f"{OK} {adapter.summary()} · matches the base"
+    return (f"{PROBLEM} {adapter.summary()} · does not match the base: trained on '{adapter.base}' "
+            "(a config may still apply it with allow_other_base: true)")
 
 
 def _demo_wait(demo, policy: Policy) -> str:
