@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--verbose", action="store_true", help="also print every layer group and stage")
     commands.add_parser("app", help="serve the app (python app.py: same options; see `commerge app --help`)",
                         add_help=False)
+    convert = commands.add_parser("convert", help="rewrite a pickle-only checkpoint (pytorch_model.bin) as "
+                                  "safetensors, loading it with weights_only (no code runs)")
+    convert.add_argument("model", help="a local folder or a Hub id")
+    convert.add_argument("--out", type=Path, required=True, help="the new folder (written atomically)")
+    convert.add_argument("--revision", default=None, help="a Hub revision")
+    convert.add_argument("--force", action="store_true", help="replace an existing output folder")
     merge.add_argument("--wide", action="store_true",
                        help="print the table at full width (default: it fits 100 columns, task names abbreviated)")
     merge.add_argument("--json", action="store_true",
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
+    if args.command == "convert":
+        return _convert(args)
     printer = ProgressPrinter(quiet=args.quiet, verbose=args.verbose)
     try:
         from .api import run_merge  # heavy imports after argument parsing
@@ -183,6 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(report.to_json(), wide=args.wide), end="")
     print(wrap_verdict("verdict: " + verdict(json.loads(report.to_json())), None if args.wide else WIDTH))
     print(f"wrote {args.out}/report.json" + "".join(f" and {args.out}/{m}/" for m in save))
+    return 0
+
+
+def _convert(args) -> int:
+    from .convert import convert
+
+    try:
+        done = convert(args.model, args.out, force=args.force, revision=args.revision,
+                       token=os.environ.get("HF_TOKEN"))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"converted {', '.join(done.files)}: {done.tensors} tensors, {done.bytes / 2**20:.1f} MiB, read with "
+          f"weights_only (no code ran) -> {args.out}/ (safetensors, with the config and tokenizer files)")
     return 0
 
 

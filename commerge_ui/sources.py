@@ -83,7 +83,9 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
         (LocalEntryNotFoundError, "not in the local cache and the Hub cannot be reached (offline?)"),
         (EntryNotFoundError, "config.json or safetensors weights are missing on the Hub"),
         (OfflineModeIsEnabled, "the Hub is switched off here (HF_HUB_OFFLINE) and the model is not cached"),
-        (NotASafetensorsRepoError, "has no safetensors weights (pickle-only repositories are refused)"),
+        (NotASafetensorsRepoError, "has no safetensors weights (pickle-only repositories are refused: convert one "
+                                   "on your machine with `commerge convert`, or use its safetensors conversion's "
+                                   "revision, refs/pr/N, where it has one)"),
         (SafetensorsParsingError, "its safetensors header cannot be parsed (corrupt upload?)"),
     ]
     try:
@@ -135,8 +137,11 @@ def check_model_folder(folder: Path, ref: str | None = None) -> None:
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise InputError(
-                f"{name}: only pickle weights ({', '.join(sorted(pickles)[:3])}); convert them to safetensors "
-                "first (pickle files can run code when loaded, so they are refused)"
+                f"{name}: only pickle weights ({', '.join(sorted(pickles)[:3])}), which can run code when loaded, so "
+                f"they are refused. Convert them on your machine: `commerge convert {name} --out <new folder>` "
+                "(reads them with weights_only, so nothing in them runs); for a Hub repository, its safetensors "
+                "conversion may exist as a pull-request revision (refs/pr/N on its Community tab): give it as the "
+                "expert's `revision`"
             )
         raise InputError(f"{name}: no *.safetensors weight file")
 
