@@ -21,6 +21,7 @@ from .export import model_card, model_licence
 from .families import Family, detect_family
 from .families.base import EncodedSamples
 from .heldout import heldout_shift as measure_heldout
+from .mergekit import to_recipe
 from .hosting import Confinement
 from .methods import METHODS, Method
 from .offload import Placement, check_mode, pick_placement
@@ -105,7 +106,8 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
         say("keeping the blocks and the streams in host memory; one block at a time on the GPU")
     config = with_family_defaults(config, loaded.family)
     options = config.options
-    check_max_length(loaded.backbone.config, options.max_length, loaded.family.name)
+    if needs_calibration(config):  # max_length is the calibration samples' length
+        check_max_length(loaded.backbone.config, options.max_length, loaded.family.name)
     experts, warnings = _load_experts(config, loaded, token, say, confinement)
     scorer = _Scorer(loaded, options, torch_device, torch_dtype)
 
@@ -116,7 +118,7 @@ def _run_merge(config: MergeConfig, out_dir: Path | None, save: list[str] | None
 
     calibration, tasks = _encode(loaded.family, loaded.processor, experts, options.max_length,
                                  lambda e: e.calibration)
-    calibration = calibration.to(torch_device)
+    calibration = calibration.to(torch_device) if calibration is not None else None
     heldout = _heldout_samples(loaded.family, loaded.processor, experts, options, torch_device)
     layers: list[str] = []
     reports: dict[str, MethodReport] = {}
@@ -171,6 +173,11 @@ def with_family_defaults(config: MergeConfig, family: Family) -> MergeConfig:
     return config.model_copy(update={"options": options})
 
 
+def needs_calibration(config: MergeConfig) -> bool:
+    """Whether the run forwards calibration samples: any activation-based method, or any shift measured."""
+    return any(METHODS[m].regression for m in config.methods) or config.options.data_free_shift
+
+
 def _check_request(config: MergeConfig, save: list[str] | None) -> list[str]:
     """What can be refused before anything is loaded: methods to save that do not run, missing calibration."""
     save = list(save or [])
@@ -178,9 +185,9 @@ def _check_request(config: MergeConfig, save: list[str] | None) -> list[str]:
     if unknown:
         raise InputError(f"--save names {', '.join(unknown)}, which the config's methods do not include")
     missing = [e.name for e in config.experts if not e.calibration]
-    if missing:
+    if missing and needs_calibration(config):
         raise InputError(f"expert '{missing[0]}': 'calibration' samples are required (they measure the shift "
-                         "and drive RegMean/CoM)")
+                         "and drive RegMean/CoM; only data-free methods with data_free_shift: false run without)")
     return save
 
 
@@ -265,11 +272,11 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | bool | None,
         check_float(who, source, loaded.names)
         if is_unchanged(source, loaded.source, probe):
             warnings.append(f"{who}: its first block equals the base's (zero task vector?)")
-        calibration = read_samples(spec.calibration, options.calibration_samples, options.seed,
-                                   name=_sample_name(spec.name, "calibration", spec.calibration),
-                                   max_bytes=confinement.sample_bytes)
+        calibration = (read_samples(spec.calibration, options.calibration_samples, options.seed,
+                                    name=_sample_name(spec.name, "calibration", spec.calibration),
+                                    max_bytes=confinement.sample_bytes) if spec.calibration else [])
         _check_kind(family, calibration, spec.name, "calibration")
-        if len(calibration) < options.calibration_samples:
+        if spec.calibration and len(calibration) < options.calibration_samples:
             warnings.append(f"{who}: {len(calibration)} calibration samples, fewer than the "
                             f"{options.calibration_samples} asked; all of them are used")
         evaluation = (read_samples(spec.evaluation, options.evaluation_samples, options.seed,
@@ -414,15 +421,16 @@ def _merge_and_score(method: Method, loaded: Loaded, scorer: _Scorer, experts: l
 
 
 def _encode(family: Family, processor, experts: list[Expert], max_length: int,
-            samples_of: Callable[[Expert], list[Sample]]) -> tuple[EncodedSamples, list[EngineTask]]:
-    """Every expert's samples (`samples_of`) in one padded batch; each task gets its own row range."""
+            samples_of: Callable[[Expert], list[Sample]]) -> tuple[EncodedSamples | None, list[EngineTask]]:
+    """Every expert's samples (`samples_of`) in one padded batch; each task gets its own row range. None when
+    no expert has any (a data-free run without forwards)."""
     samples, tasks, start = [], [], 0
     for e in experts:
         mine = samples_of(e)
         tasks.append(EngineTask(e.name, e.source, slice(start, start + len(mine)), e.weight))
         samples.extend(mine)
         start += len(mine)
-    return family.encode(processor, samples, max_length), tasks
+    return (family.encode(processor, samples, max_length) if samples else None), tasks
 
 
 def _heldout_samples(family: Family, processor, experts: list[Expert], options: MergeOptions,
@@ -463,3 +471,6 @@ def _save_model(family: Family, backbone: torch.nn.Module, processor, config: Me
                       method, METHODS[method].title, config.options.model_dump(by_alias=True),
                       result.scores, result.normalized, family.metric, METHODS[method].paper, licences)
     (folder / "README.md").write_text(card, encoding="utf-8")
+    recipe = to_recipe(method, config.base, [e.model for e in config.experts], config.options.model_dump(by_alias=True))
+    if recipe is not None:  # the same merge as mergekit runs it
+        (folder / "mergekit.yml").write_text(recipe, encoding="utf-8")

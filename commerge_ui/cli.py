@@ -154,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     printer = ProgressPrinter(quiet=args.quiet, verbose=args.verbose)
     try:
         from .api import run_merge  # heavy imports after argument parsing
-        from .config import load_config
+        from .config import load_config_with_notes
         from .demo import unbuilt_demos
         from .export import atomic_folder, check_output_folder
 
-        config = load_config(args.config)
+        config, notes = load_config_with_notes(args.config)
+        for note in notes:
+            printer.say(f"note (mergekit recipe): {note}")
         check_output_folder(args.out, _read_paths(args.config, config))
         for demo in unbuilt_demos(config):
             printer.say(f"first use of the demo's models on this machine: building them ({demo.build_note})")
@@ -265,7 +267,9 @@ def wrap_verdict(text: str, width: int | None) -> str:
             current = "  " + part
         else:
             current = candidate
-    return "\n".join([*lines, current])
+    lines.append(current)  # a part longer than the width alone is wrapped at its spaces
+    return "\n".join(w for line in lines for w in textwrap.wrap(line, width, subsequent_indent="    ",
+                                                                 initial_indent="") or [line])
 
 
 if __name__ == "__main__":

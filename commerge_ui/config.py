@@ -49,6 +49,8 @@ class MergeOptions(BaseModel):
     alpha: float = Field(0.9, ge=0.0, le=1.0, description="RegMean off-diagonal shrink")
     task_lambda: float = Field(0.3, alias="lambda", description="task-arithmetic / TIES scale")
     ties_density: float = Field(0.2, gt=0.0, le=1.0, description="TIES: fraction of each task vector kept")
+    ties_mean: bool = Field(False, description="TIES: the agreeing entries' mean (the paper's disjoint mean, "
+                            "mergekit's normalize) instead of their sum")
     dare_drop: float = Field(0.5, ge=0.0, lt=1.0, description="DARE: fraction of each task vector dropped")
     svd_scale: float = Field(1.0, gt=0.0, description="TSV-M, Iso-C, Iso-CTS: scale α of the merged task vector")
     iso_common_fraction: float = Field(0.8, ge=0.0, le=1.0, description="Iso-CTS: share of the common subspace")
@@ -144,7 +146,12 @@ def parse_config(data: object, root: Path | None = None) -> MergeConfig:
 
 
 def load_config(path: str | Path) -> MergeConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (ours, or a mergekit recipe: mergekit.py)."""
+    return load_config_with_notes(path)[0]
+
+
+def load_config_with_notes(path: str | Path) -> tuple[MergeConfig, list[str]]:
+    """load_config, and the notes a mergekit recipe's import leaves (what is not identical to mergekit's run)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
@@ -154,7 +161,12 @@ def load_config(path: str | Path) -> MergeConfig:
         raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping with base, experts, methods and options")
-    return parse_config(data, root=path.parent)
+    from .mergekit import from_recipe, is_recipe
+
+    notes: list[str] = []
+    if is_recipe(data):
+        data, notes = from_recipe(data)
+    return parse_config(data, root=path.parent), notes
 
 
 def _resolve(ref: str | None, root: Path) -> str | None:

@@ -456,7 +456,7 @@ def initial_streams(family: Family, backbone: nn.Module, tasks: list[EngineTask]
 
 
 def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource, tasks: list[EngineTask],
-          calibration: EncodedSamples, options: MergeOptions,
+          calibration: EncodedSamples | None, options: MergeOptions,
           progress: Callable[[ProgressEvent], None] | None = None,
           cancel: Callable[[], bool] | None = None, memory: PeakMemory | None = None,
           placement: Placement | None = None) -> MergeTrace:
@@ -466,9 +466,6 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
     block_path, blocks = family.blocks(backbone)
     placement = placement or Placement(next(backbone.parameters()).device)
     trace = MergeTrace(shift={t.name: [] for t in tasks}, block_shift={t.name: [] for t in tasks})
-    calibration = by_length(calibration, tasks)
-    sink = family.sink_tokens if options.sink_tokens is None else options.sink_tokens
-    masks = [statistics_mask(calibration.token_mask[t.rows], sink) for t in tasks]
     memory = memory or PeakMemory(placement.device)
     counter = {"step": 0, "total": 0}
 
@@ -506,6 +503,10 @@ def merge(method: Method, family: Family, backbone: nn.Module, base: ModelSource
                 on_group(name)
         return MergeTrace()
 
+    assert calibration is not None, "a merge with forwards needs calibration samples"
+    calibration = by_length(calibration, tasks)
+    sink = family.sink_tokens if options.sink_tokens is None else options.sink_tokens
+    masks = [statistics_mask(calibration.token_mask[t.rows], sink) for t in tasks]
     device, store = placement.device, placement.store
     with torch.no_grad():
         expert_streams, merged_stream = initial_streams(family, backbone, tasks, calibration, merge_tensor, store)

@@ -43,12 +43,13 @@ def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], options: Me
     return of_sum_task_arithmetic(base, _mean(experts), len(experts), options)
 
 
-def _elect_and_sum(vectors: torch.Tensor) -> torch.Tensor:
+def _elect_and_sum(vectors: torch.Tensor, mean: bool = False) -> torch.Tensor:
     """TIES's sign election on [K, n] task vectors: the sign of their sum (a zero sum elects +); the sum of the
-    entries that agree with it."""
+    entries that agree with it, or with `mean` their mean (the paper's disjoint mean; mergekit's `normalize`)."""
     sign = torch.where(vectors.sum(dim=0) >= 0, 1.0, -1.0)
     agree = (torch.sign(vectors) == sign) & (vectors != 0)
-    return (vectors * agree).sum(dim=0)
+    total = (vectors * agree).sum(dim=0)
+    return total / agree.sum(dim=0).clamp_min(1) if mean else total
 
 
 def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str = "") -> torch.Tensor:
@@ -57,8 +58,8 @@ def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions,
     trimmed sum; a zero sum elects +), and sum the entries that agree.
 
     Conventions, as in mergekit: exactly k entries survive (entries of equal magnitude at the threshold are
-    taken in index order); the disjoint *sum* is scaled by λ (FusionBench's default; the paper's disjoint mean
-    with λ≈1 is close).
+    taken in index order); the disjoint *sum* is scaled by λ (FusionBench's default), or with `ties_mean` the
+    disjoint mean (the paper's; mergekit's `normalize: true`).
     """
     b = base.float()
     flat = torch.stack([e.float() - b for e in experts]).reshape(len(experts), -1)
@@ -66,7 +67,7 @@ def ties(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions,
     if keep < flat.shape[1]:
         top = torch.argsort(flat.abs(), dim=1, descending=True, stable=True)[:, :keep]
         flat = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top))
-    return b + options.task_lambda * _elect_and_sum(flat).reshape(base.shape)
+    return b + options.task_lambda * _elect_and_sum(flat, options.ties_mean).reshape(base.shape)
 
 
 def dare_vectors(base: torch.Tensor, experts: list[torch.Tensor], options: MergeOptions, name: str) -> torch.Tensor:
