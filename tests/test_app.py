@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from commerge_ui.demo import DEMO_CONFIG, ensure_demo  # noqa: E402
 from commerge_ui.ui import build_app, launch  # noqa: E402
-from commerge_ui.ui.handlers import MAX_EXPERTS, defaults_from  # noqa: E402
+from commerge_ui.ui.handlers import DEFAULT_METHODS, MAX_EXPERTS, defaults_from  # noqa: E402
 from commerge_ui.ui.session import Sessions  # noqa: E402
 
 from conftest import make_base  # noqa: E402
@@ -267,8 +267,9 @@ def test_two_runs_are_compared_in_the_browser(tiny_deep, browser, tmp_path):
             page.wait_for_function(f"document.querySelectorAll('#compare-runs label').length === {run}",
                                    timeout=300_000)
             page.wait_for_selector("#run:enabled", timeout=60_000)
-        page.wait_for_function("document.querySelectorAll('#compare-plot .scatterlayer .trace').length === 8",
-                               timeout=60_000)  # 2 runs × the 4 default methods
+        traces = 2 * len(DEFAULT_METHODS)  # 2 runs × the default methods
+        page.wait_for_function(f"document.querySelectorAll('#compare-plot .scatterlayer .trace').length === {traces}",
+                               timeout=60_000)
         legend = page.inner_text("#compare-plot")
         assert "run 1 · Chain of Merges" in legend and "run 2 · Chain of Merges" in legend
         table = page.inner_text("#compare-table")
