@@ -13,6 +13,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from .adapters import AdapterWeights, is_adapter, read_adapter, same_base
+from .vocab import BaseVocabulary, added_tokens, grown_tables
 from .compat import check_expert, find_source, is_unchanged
 from .config import MergeConfig, MergeOptions
 from .engine import EngineTask, ProgressEvent, merge
@@ -29,7 +30,7 @@ from .report import MethodReport, Report, mean, normalized
 from .resources import PeakMemory, pick_device, pick_dtype
 from .samples import Sample, label_names, read_samples
 from .score_cache import cached_score, folder_fingerprint, samples_digest
-from .sources import ModelSource, SafetensorsWeights, resolve_model
+from .sources import ModelSource, SafetensorsWeights, read_config_file, resolve_model
 
 
 @dataclass
@@ -264,7 +265,7 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | bool | None,
         who = f"expert '{spec.name}' ({spec.model})"
         say(f"resolving {who}")
         folder = resolve_model(spec.model, spec.revision, token, confinement, who=who)
-        weights = _expert_weights(folder, spec, config.base, loaded, who)
+        weights = _expert_weights(folder, spec, config.base, loaded, who, warnings)
         source = find_source(weights, loaded.names, f"{loaded.backbone.base_model_prefix}.", who)
         source.fallback = loaded.source
         check_expert(who, loaded.folder if is_adapter(folder) else folder, source, loaded.expected, loaded.folder,
@@ -291,17 +292,35 @@ def _load_experts(config: MergeConfig, loaded: Loaded, token: str | bool | None,
     return experts, warnings
 
 
-def _expert_weights(folder: Path, spec, base_ref: str, loaded: Loaded, who: str):
-    """An expert's tensors: its folder's safetensors, or for a LoRA adapter the base's with the adapter's
-    factors applied on demand (adapters.py), once its recorded base is the chosen one (or the config allows
-    another)."""
+def _expert_weights(folder: Path, spec, base_ref: str, loaded: Loaded, who: str, warnings: list[str]):
+    """An expert's tensors: its folder's safetensors (with a grown vocabulary cut to the base's, vocab.py), or for
+    a LoRA adapter the base's with the adapter's factors applied on demand (adapters.py), once its recorded base
+    is the chosen one (or the config allows another)."""
     if not is_adapter(folder):
-        return SafetensorsWeights(folder)
+        return _base_vocabulary(SafetensorsWeights(folder), folder, loaded, who, warnings)
     adapter = read_adapter(folder, who)
     if not same_base(adapter.base, base_ref) and not spec.allow_other_base:
         raise InputError(f"{who}: a LoRA adapter of '{adapter.base}', and the base is '{base_ref}'; if it fits "
                          "this base anyway, say so with `allow_other_base: true` on this expert")
     return AdapterWeights(loaded.source.weights, adapter, who)
+
+
+def _base_vocabulary(weights: SafetensorsWeights, folder: Path, loaded: Loaded, who: str, warnings: list[str]):
+    """An expert whose vocabulary the base's is the start of, read with the base's rows only (tokenizer_source:
+    base); the tokens it added are named in a warning. Any other expert as it is."""
+    base_size = getattr(loaded.backbone.config, "vocab_size", None)
+    expert_size = read_config_file(folder / "config.json", who).get("vocab_size")
+    if not (isinstance(base_size, int) and isinstance(expert_size, int) and expert_size > base_size):
+        return weights
+    vocab = loaded.processor.get_vocab() if hasattr(loaded.processor, "get_vocab") else None
+    if vocab is None:
+        return weights
+    added = added_tokens(folder, vocab, base_size, who)
+    shown = ", ".join(repr(t) for t in added[:8]) + (f" and {len(added) - 8} more" if len(added) > 8 else "")
+    shown = shown or "no token names"
+    warnings.append(f"{who}: its vocabulary has {expert_size - base_size} rows beyond the base's ({shown}); "
+                    "tokenizer_source is base, so they are dropped and the base's tokenizer is kept")
+    return BaseVocabulary(weights, grown_tables(weights, expert_size), base_size)
 
 
 def _sample_name(expert: str, kind: str, path: str) -> str:

@@ -69,6 +69,8 @@ class MergeOptions(BaseModel):
     normalize: Literal["tokens", "trace", "none"] = "tokens"
     bias: Literal["regress", "average"] = "regress"
     gram_dtype: Literal["float32", "float64"] = "float32"
+    tokenizer_source: str = Field("base", description="base: the base's vocabulary; rows an expert added are dropped "
+                                  "(with a warning naming its tokens)")
     sink_tokens: int | None = Field(None, ge=0, description="each sample's first tokens left out of the statistics "
                                     "and the shift (a causal LM's attention sink carries activations ~500× the "
                                     "others); unset: the family's default (causal LMs 1, encoders 0)")
@@ -84,6 +86,14 @@ class MergeOptions(BaseModel):
                                  "measured on (a seeded subset of those scored; 0: all of them)")
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
                                         description="CLIP zero-shot prompts; '{}' is the class name")
+
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _base_vocabulary(cls, value: str) -> str:
+        if value != "base":
+            raise ValueError(f"tokenizer_source '{value}' is not supported: 'base' keeps the base's vocabulary and "
+                             "drops the tokens experts added (a union of the experts' tokens is not built)")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -93,6 +93,8 @@ def config_differences(base: dict, expert: dict) -> list[str]:
             out += [f"{section.split('_')[0]} tower's {d}" for d in config_differences(base[section], expert[section])]
     for keys, words in STRUCTURE:
         key = next((k for k in keys if k in base or k in expert), None)
+        if key == "vocab_size" and grown_vocabulary(base, expert):
+            continue  # tokens added to the base's vocabulary: merged with the base's (vocab.py)
         if key is not None and base.get(key) != expert.get(key):
             out.append(f"{words} {_value(expert.get(key))}, the base has {_value(base.get(key))}")
     return out
@@ -107,6 +109,12 @@ def fit_problems(base: ModelInfo, expert: ModelInfo, limit: int = 3) -> list[str
     return config_differences(base.config, expert.config) + tensors
 
 
+def grown_vocabulary(base: dict, expert: dict) -> tuple[int, int] | None:
+    """(base, expert) vocabulary sizes when the expert's is larger (tokens added), else None."""
+    b, e = base.get("vocab_size"), expert.get("vocab_size")
+    return (b, e) if isinstance(b, int) and isinstance(e, int) and e > b else None
+
+
 def _value(value: object) -> str:
     return "unset" if value is None else str(value)
 
@@ -119,12 +127,16 @@ def compare_to_base(base: ModelInfo, expert: ModelInfo, limit: int = 3) -> list[
         return [FULL_CLIP_NEEDED]
     base_names, expert_names = _align(base.shapes, expert.shapes)
     skipped = HEAD_NAMES + UNMERGED_PARTS.get(base.family, ())
+    grown = grown_vocabulary(base.config, expert.config)
     problems = []
     for name, full in base_names.items():
         if full.split(".", 1)[0] in skipped or name.split(".", 1)[0] in skipped or name.endswith(BUFFER_SUFFIXES):
             continue
         if name not in expert_names:
             problems.append(f"'{name}' is missing")
+        elif grown and expert.shapes[expert_names[name]] == (grown[1], *base.shapes[full][1:]) \
+                and base.shapes[full][:1] == (grown[0],):
+            continue  # a vocabulary table with the expert's added rows
         elif expert.shapes[expert_names[name]] != base.shapes[full]:
             problems.append(f"'{name}' has shape {list(expert.shapes[expert_names[name]])}, "
                             f"base has {list(base.shapes[full])}")

@@ -17,7 +17,7 @@ from ..config import MergeConfig, load_config, parse_config
 from ..demo import demo_of
 from ..errors import InputError
 from ..hosting import Policy
-from ..model_info import ModelInfo, fit_problems, inspect_model
+from ..model_info import ModelInfo, fit_problems, grown_vocabulary, inspect_model
 from ..images import open_rgb
 from ..samples import Sample, preview_samples, read_samples
 from ..sources import is_repo_id
@@ -194,7 +194,10 @@ def _fit_message(info: ModelInfo, base: ModelInfo) -> str:
     problems = fit_problems(base, info)
     if problems:
         return f"{PROBLEM} {info.summary()} · does not match the base: {'; '.join(problems)}"
-    return f"{OK} {info.summary()} · matches the base"
+    grown = grown_vocabulary(base.config, info.config)
+    added = (f"; its {grown[1] - grown[0]} added tokens are dropped (the base's vocabulary is kept)"
+             if grown else "")
+    return f"{OK} {info.summary()} · matches the base{added}"
 
 
 def evaluation_needs_labels(base_ref: str | None, policy: Policy = LOCAL) -> bool:
