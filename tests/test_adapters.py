@@ -129,3 +129,41 @@ def test_the_form_describes_an_adapter_and_checks_its_base(bert):
     note = model_message(str(pairs[1][0]), str(root / "base"))
     assert note.startswith("✔ rsLoRA r=4 on dense/query/value + classifier of") and "matches the base" in note
     assert model_message(str(pairs[1][0]), "someone/other-bert").startswith("✘")
+
+
+@pytest.mark.slow
+def test_an_adapter_merge_of_the_real_smollm2_loads_and_generates(tmp_path):
+    """Two LoRA adapters of the real SmolLM2-135M (peft, seeded factors) merged; the merged folder loads in
+    transformers and generates text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from commerge_ui.demo.smollm2 import ensure_smollm2
+
+    base = ensure_smollm2(log=lambda m: None)
+    adapters = []
+    for k in range(2):
+        model = AutoModelForCausalLM.from_pretrained(base)
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        lora = peft.get_peft_model(model, config)
+        generator = torch.Generator().manual_seed(30 + k)
+        with torch.no_grad():
+            for name, param in lora.named_parameters():
+                if "lora_" in name:
+                    param.copy_(0.01 * torch.randn(param.shape, generator=generator))
+        lora.save_pretrained(tmp_path / f"a{k}")
+        recorded(tmp_path / f"a{k}", base)
+        adapters.append(tmp_path / f"a{k}")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The weather today is sunny and warm.\nA short note about merging models.\n" * 4)
+    config = parse_config({"base": str(base), "methods": ["average", "com_chain"],
+                           "experts": [{"name": f"t{k}", "model": str(a), "calibration": str(texts)}
+                                       for k, a in enumerate(adapters)],
+                           "options": {"calibration_samples": 8, "max_length": 16, "heldout_shift": False}})
+    run_merge(config, out_dir=tmp_path / "out", save=["average", "com_chain"], device="cpu")
+    for method in ("average", "com_chain"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / method)
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / method)
+        ids = tokenizer("The capital of France is", return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+        assert out.shape[1] == ids["input_ids"].shape[1] + 5
+        assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:]).strip()
