@@ -53,8 +53,10 @@ def test_the_differing_config_values_come_first_and_the_page_and_the_run_say_the
 
 def test_config_differences_by_hand():
     base = {"model_type": "llama", "hidden_size": 576, "num_key_value_heads": 3, "vocab_size": 49152}
-    assert config_differences(base, {**base, "num_key_value_heads": 9, "vocab_size": 49153}) == [
-        "key-value heads 9, the base has 3", "vocabulary 49153, the base has 49152"]
+    assert config_differences(base, {**base, "num_key_value_heads": 9, "vocab_size": 49151}) == [
+        "key-value heads 9, the base has 3", "vocabulary 49151, the base has 49152"]
+    # tokens added to the base's vocabulary are not a difference: such an expert merges (vocab.py)
+    assert config_differences(base, {**base, "vocab_size": 49155}) == []
     assert config_differences({"n_embd": 32, "n_layer": 2}, {"n_embd": 32}) == ["layers unset, the base has 2"]
     clip = {"model_type": "clip", "vision_config": {"hidden_size": 32}, "text_config": {"hidden_size": 32}}
     assert config_differences(clip, {"model_type": "clip_vision_model", "hidden_size": 48}) == [

@@ -54,13 +54,22 @@ def test_different_vocabulary_is_refused_naming_the_tensor(tmp_path, tiny, capsy
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(tiny.experts["task1"])
+    model.resize_token_embeddings(30, mean_resizing=False)  # fewer tokens than the base's: not mergeable
+    model.save_pretrained(tmp_path / "smaller_vocab")
+    config = tiny.config()
+    config["experts"][1]["model"] = str(tmp_path / "smaller_vocab")
+    code, err = run_cli(tmp_path, config, capsys)
+    assert code == 2 and "'embeddings.word_embeddings.weight' has shape [30, 32], base has [41, 32]" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    # more rows than the base's, its tokenizer giving the base's tokens their ids: rows added, merged with the
+    # base's vocabulary and said so (vocab.py; tests/test_vocab.py has the chat-token case)
     model.resize_token_embeddings(60, mean_resizing=False)
     model.save_pretrained(tmp_path / "bigger_vocab")
-    config = tiny.config()
     config["experts"][1]["model"] = str(tmp_path / "bigger_vocab")
     code, err = run_cli(tmp_path, config, capsys)
-    assert code == 2 and "'embeddings.word_embeddings.weight' has shape [60, 32], base has [41, 32]" in err
-    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert code == 0, err
+    warnings = json.loads((tmp_path / "out" / "report.json").read_text())["warnings"]
+    assert any("19 rows beyond the base's" in w and "tokenizer_source is base" in w for w in warnings)
 
 
 def test_zero_task_vector_and_too_few_samples_are_warned(tmp_path, tiny, capsys):

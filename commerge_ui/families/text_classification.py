@@ -78,6 +78,9 @@ class TextClassification:
             param = next(backbone.parameters())
             classifier.to(param.device, param.dtype)
             merged = {k: v for k, v in backbone.state_dict().items() if not self.is_task_specific(k)}
+            rows = backbone.get_input_embeddings().weight.shape[0]
+            if classifier.get_input_embeddings().weight.shape[0] != rows:  # an expert that added tokens (vocab.py)
+                classifier.resize_token_embeddings(rows, mean_resizing=False)
             classifier.base_model.load_state_dict(merged, strict=False)
         param = next(classifier.parameters())
         names = [str(classifier.config.id2label[i]) for i in range(classifier.config.num_labels)]
