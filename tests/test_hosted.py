@@ -23,7 +23,8 @@ import yaml
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from commerge_ui.ui.handlers import MAX_EXPERTS  # noqa: E402
+from commerge_ui.demo import DEMO_CONFIG, ensure_demo  # noqa: E402
+from commerge_ui.ui.handlers import MAX_EXPERTS, defaults_from  # noqa: E402
 
 from conftest import make_base, write_samples  # noqa: E402
 
@@ -75,6 +76,7 @@ def server(tmp_path_factory):
     Image.new("RGB", (4, 4)).save(secrets / "cat" / "a.png")  # a folder the text readers once accepted
     make_base(secrets / "server-model")
 
+    ensure_demo()  # the demos a hosted instance prepares at start-up (the server itself is started without)
     hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     server_tmp = root / "server-tmp"
@@ -290,3 +292,16 @@ def test_session_folders_are_removed_after_the_ttl_whatever_route_made_them(serv
     while time.monotonic() < deadline and any(any(root.glob("session-*")) for root in roots):
         time.sleep(1)
     assert not any(any(root.glob("session-*")) for root in roots), [list(r.iterdir()) for r in roots]
+
+
+def test_a_visitors_own_run_on_the_demo_still_works(server):
+    """What hosting allows: the demo's models and files, as the page sends them, merge and score."""
+    d = defaults_from(DEMO_CONFIG)
+    rows = [(e.name, e.model, e.calibration, e.evaluation) for e in d.experts][:2]
+    rows += [("", None, None, None)] * (MAX_EXPERTS - len(rows))
+    files = [handle_file(r[2]) if r[2] else None for r in rows], [handle_file(r[3]) if r[3] else None for r in rows]
+    out = server["client"].predict(d.base, 2, *(r[0] for r in rows), *(r[1] for r in rows), *files[0], *files[1],
+                                   *([""] * MAX_EXPERTS), ["average"], 0.9, 0.3, 8, 32, 20, "cpu", "float32",
+                                   api_name="/run")
+    assert out[1].startswith("✔ done · best average accuracy: Average"), out[1]
+    assert_clean(out[1], server)
