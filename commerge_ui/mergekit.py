@@ -22,7 +22,6 @@ activation-based merges beside it.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 

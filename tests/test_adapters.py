@@ -20,7 +20,7 @@ from commerge_ui.methods import METHODS  # noqa: E402
 from commerge_ui.ui.form import model_message  # noqa: E402
 
 from conftest import make_base, save_tokenizer, write_samples  # noqa: E402
-from tiny_families import causal_lm, save_word_tokenizer, write_texts  # noqa: E402
+from tiny_families import causal_lm, save_word_tokenizer, saved_lm_base, write_texts  # noqa: E402
 
 
 def randomized(model, seed: int):
@@ -68,10 +68,7 @@ def bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-gpt2")
-    torch.manual_seed(0)
-    base = causal_lm("gpt2", layers=2)
-    base.save_pretrained(root / "base")
-    save_word_tokenizer(root / "base")
+    base = saved_lm_base(root, "gpt2")
     pairs = []
     for k in range(2):
         model = causal_lm("gpt2", layers=2)

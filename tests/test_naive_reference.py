@@ -19,7 +19,7 @@ from commerge_ui.reference import (BERT_GROUPS, GPT2_GROUPS, averaged, naive, re
 from commerge_ui.samples import read_samples
 
 from conftest import make_base, make_expert, write_samples
-from tiny_families import causal_lm, perturbed, save_word_tokenizer, write_texts
+from tiny_families import causal_lm, perturbed, save_word_tokenizer, saved_lm_base, write_texts
 
 ALPHA = 0.9
 
@@ -61,10 +61,7 @@ def bert(tmp_path_factory):
 def gpt2(tmp_path_factory):
     """A 2-layer GPT-2 (Conv1D layers; `mlp.c_proj` reads 128 and writes 32)."""
     root = tmp_path_factory.mktemp("naive-gpt2")
-    torch.manual_seed(0)
-    base = causal_lm("gpt2", layers=2, tied=True)
-    base.save_pretrained(root / "base")
-    save_word_tokenizer(root / "base")
+    base = saved_lm_base(root, "gpt2", tied=True)
     experts, calibration = [], []
     for i in range(3):
         model = perturbed(causal_lm("gpt2", layers=2, tied=True), 0.0, 0)

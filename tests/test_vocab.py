@@ -17,7 +17,7 @@ from commerge_ui.config import parse_config
 from commerge_ui.errors import InputError
 from commerge_ui.ui.form import model_message
 
-from tiny_families import causal_lm, perturbed, save_word_tokenizer, write_texts
+from tiny_families import causal_lm, perturbed, save_word_tokenizer, saved_lm_base, write_texts
 
 ADDED = ["<|im_start|>", "<|im_end|>", "<tool>"]
 
@@ -25,10 +25,7 @@ ADDED = ["<|im_start|>", "<|im_end|>", "<tool>"]
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory):
     root = tmp_path_factory.mktemp("vocab")
-    torch.manual_seed(0)
-    base = causal_lm("llama", layers=2, tied=False)
-    base.save_pretrained(root / "base")
-    save_word_tokenizer(root / "base")
+    base = saved_lm_base(root, "llama", tied=False)
     for k, add in enumerate([True, False]):
         model = causal_lm("llama", layers=2, tied=False)
         model.load_state_dict(base.state_dict())

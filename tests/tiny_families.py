@@ -69,6 +69,15 @@ def causal_lm(kind: str, layers: int = 2, tied: bool = True):
                                         tie_word_embeddings=tied))
 
 
+def saved_lm_base(root: Path, kind: str, layers: int = 2, tied: bool = True):
+    """A seeded tiny decoder saved as root/base with its word tokenizer; returns the model."""
+    torch.manual_seed(0)
+    base = causal_lm(kind, layers, tied)
+    base.save_pretrained(root / "base")
+    save_word_tokenizer(root / "base")
+    return base
+
+
 def make_lm_setup(root: Path, kind: str, n_experts: int = 3, layers: int = 2, noise: float = 0.3,
                   tied: bool = True, identical: bool = False) -> TinySetup:
     torch.manual_seed(0)
