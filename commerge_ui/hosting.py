@@ -98,20 +98,12 @@ def limit_problems(config, limits: Limits) -> list[str]:
             if value is not None and value > bound]
 
 
-def check_limits(config, limits: Limits) -> None:
-    problems = limit_problems(config, limits)
-    if problems:
-        where = f" (this instance runs on {FREE_SPACE}-sized limits)" if limits.profile == "hosted" else ""
-        raise InputError("; ".join(problems) + where)
-
-
 @dataclass(frozen=True)
 class Confinement:
     """Where models and sample files may come from. `None` roots: anywhere (local use)."""
 
     model_roots: tuple[Path, ...] | None = None
     sample_roots: tuple[Path, ...] | None = None
-    hub: bool = True  # Hub ids allowed
     sample_bytes: int = MAX_SAMPLE_FILE_BYTES  # the largest sample file read
 
     @property
@@ -133,7 +125,7 @@ class Confinement:
 
         if self.local_model(ref):
             return
-        if self.hub and is_repo_id(ref.strip()):
+        if is_repo_id(ref.strip()):
             return
         raise InputError(f"{who}: here a model is a Hub id ('org/name') or one of the demo's models; "
                          "server folders cannot be read")
