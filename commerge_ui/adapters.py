@@ -168,11 +168,10 @@ def cache_root() -> Path:
 
 
 def _fingerprint(folder: Path) -> str:
-    digest = hashlib.sha256(str(folder.resolve()).encode())
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors")):
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    """score_cache's folder fingerprint (files' names, sizes, modification times), as a short hash."""
+    from .score_cache import folder_fingerprint
+
+    return hashlib.sha256(repr(folder_fingerprint(folder)).encode()).hexdigest()[:16]
 
 
 def materialize(weights: AdapterWeights) -> Path:

@@ -14,6 +14,12 @@ from .errors import InputError
 FamilyName = Literal["auto", "text-classification", "image-classification", "causal-lm"]
 
 
+def safe_name(text: str, fallback: str) -> str:
+    """`text` as an expert name the config accepts (letters, digits, '_', '-', '.'; other runs become '_'), or
+    `fallback` when nothing is left."""
+    return re.sub(r"[^\w.\-]+", "_", text.strip()).strip("._") or fallback
+
+
 class ExpertSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

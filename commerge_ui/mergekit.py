@@ -21,10 +21,10 @@ activation-based merges beside it.
 
 from __future__ import annotations
 
-import re
 
 import yaml
 
+from .config import safe_name
 from .errors import InputError
 
 MAPPED = {"linear": "average", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare_linear": "dare",
@@ -142,7 +142,7 @@ def from_recipe(data: dict) -> tuple[dict, list[str]]:
 def _name(entry: object, ref: str, index: int) -> str:
     given = entry.get("name") if isinstance(entry, dict) else None
     name = given if isinstance(given, str) and given.strip() else ref.rstrip("/").rsplit("/", 1)[-1]
-    return re.sub(r"[^\w.\-]+", "_", name).strip("._") or f"model{index}"
+    return safe_name(name, f"model{index}")
 
 
 def to_recipe(method: str, base: str, models: list[str], options: dict) -> str | None:

@@ -6,14 +6,13 @@ Every function returns what the page shows (a message, preview rows) or raises I
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image
 
-from ..config import MergeConfig, load_config, parse_config
+from ..config import MergeConfig, load_config, parse_config, safe_name
 from ..demo import demo_of
 from ..errors import InputError
 from ..hosting import Policy
@@ -25,7 +24,6 @@ from .marks import OK, PENDING, PROBLEM
 
 PREVIEW_ROWS = 5
 FULL_CHECK_BYTES = 4 * 2**20  # a sample file up to this size is parsed whole by the preview
-_SAFE_NAME = re.compile(r"[^\w.\-]+")
 
 
 LOCAL = Policy.local()
@@ -277,7 +275,7 @@ def form_config(base: str, experts: list[ExpertForm], methods: list[str], option
         raise InputError("add at least one expert model")
     specs = []
     for index, expert in enumerate(filled, 1):
-        name = _SAFE_NAME.sub("_", (expert.name or "").strip()).strip("._") or f"expert{index}"
+        name = safe_name(expert.name or "", f"expert{index}")
         if not expert.calibration:
             raise InputError(f"expert '{name}': upload calibration samples")
         spec = {"name": name, "model": expert.model.strip(), "calibration": expert.calibration}
