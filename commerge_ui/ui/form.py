@@ -177,11 +177,12 @@ def marked_problems(base_ref: str, experts: list["ExpertForm"], policy: Policy =
 def marked_sample_problems(base_ref: str, experts: list["ExpertForm"], policy: Policy = LOCAL) -> list[str]:
     """What the form marks ✘ beside the sample files, each named by its expert and its own file name."""
     problems = []
+    labelled = evaluation_needs_labels(base_ref, policy)  # the base is read once, not once per expert
     for index, expert in enumerate(experts, 1):
         if not (expert.model and expert.model.strip()):
             continue
         for kind, path, labels in (("calibration", expert.calibration, False),
-                                   ("evaluation", expert.evaluation, evaluation_needs_labels(base_ref, policy))):
+                                   ("evaluation", expert.evaluation, labelled)):
             _, note = sample_preview(path, labels, policy)
             if note.startswith(PROBLEM):
                 problems.append(f"expert {index} ({expert.name or expert.model}), {kind} samples: {note[2:]}")
